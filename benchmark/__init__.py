@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of the MLX scripts and their PyTorch twins."""
