@@ -305,6 +305,8 @@ def align_to_eigenvectors(learned, eigvals, eigvecs):
 class Encoder(nn.Module):
     # A plain list (not nn.Sequential) so parameter names are `encoder.0.weight`, ..., exactly the
     # torch twin's: a saved file loads in either framework.
+    # Framework-default init, the same uniform law in both twins (the authors' Haiku MLP draws weights
+    # from a truncated normal and zeroes biases).
     def __init__(self, obs_dim, d, hidden_dims):
         super().__init__()
         self.encoder = []
@@ -403,8 +405,9 @@ def check_args(args: Args, script: str) -> np.ndarray:
     if args.layout_file is not None:
         try:
             text = Path(args.layout_file).read_text()
-        except OSError as e:
-            raise SystemExit(f"{script}: cannot read --layout-file {args.layout_file!r}: {e.strerror}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            reason = getattr(e, "strerror", None) or "not a text file"
+            raise SystemExit(f"{script}: cannot read --layout-file {args.layout_file!r}: {reason}") from None
     elif args.env_id in LAYOUTS:
         text = LAYOUTS[args.env_id]
     else:
