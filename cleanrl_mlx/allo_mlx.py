@@ -385,7 +385,7 @@ def plot_eigenvectors(path, grid, cells, eigvecs, aligned, cos):
 
     d = aligned.shape[1]
     cmap = matplotlib.colormaps["coolwarm"].with_extremes(bad="dimgray")  # walls are NaN: gray
-    fig, axes = plt.subplots(2, d, figsize=(1.6 * d, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, d, figsize=(1.6 * d, 4.0), squeeze=False)
     for row, vectors in enumerate((eigvecs[:, :d], aligned)):
         for i in range(d):
             image = np.full(grid.shape, np.nan)
