@@ -35,6 +35,15 @@ def check_ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
 
 
+def assert_rejected(proc: subprocess.CompletedProcess, message: str, cwd) -> None:
+    """Bad input stopped the script with one clear line (no traceback) before it wrote a runs/ directory."""
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert err and message in err[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (Path(cwd) / "runs").exists(), "the run started before rejecting its input"
+
+
 def run_dirs(cwd) -> list[Path]:
     """The run directories a script wrote under cwd/runs (evaluation writes none of its own)."""
     return sorted(p for p in (Path(cwd) / "runs").glob("*") if p.is_dir() and any(p.glob("events.out.tfevents.*")))
