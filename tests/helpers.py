@@ -18,17 +18,16 @@ def script_path(name: str, framework: str) -> Path:
     return DIRS[framework] / f"{name}_{framework}.py"
 
 
+def script_command(name, framework, *args, env=None) -> tuple[list[str], dict]:
+    """The command line and environment that run `<name>_<framework>.py args` as the tests do."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return [sys.executable, str(script_path(name, framework)), *map(str, args)], full_env
+
+
 def run_script(name, framework, *args, cwd, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Run `<name>_<framework>.py args` in `cwd` (its runs/ lands there) with OMP_NUM_THREADS=1."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(script_path(name, framework)), *map(str, args)],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    cmd, full_env = script_command(name, framework, *args, env=env)
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def check_ok(proc: subprocess.CompletedProcess) -> None:
