@@ -12,6 +12,11 @@ BAD = [
     ("ppo", ["--total-timesteps", "0"], "must be positive"),
     ("ppo", ["--total-timesteps", "-5"], "must be positive"),
     ("ppo", ["--total-timesteps", "100"], "less than one rollout"),
+    ("a2c", ["--env-id", "Blackjack-v1"], "only Box observation spaces"),
+    ("a2c", ["--env-id", "NoSuchEnv-v0"], "unknown env id"),
+    ("a2c", ["--num-steps", "0"], "must be positive"),
+    ("a2c", ["--total-timesteps", "-5"], "must be positive"),
+    ("a2c", ["--total-timesteps", "19"], "less than one rollout"),
 ]
 
 
