@@ -8,6 +8,8 @@ from tests.helpers import check_ok, episodic_returns, run_script, scalars_of_sin
 # name: (script args, threshold, over the last N episodes); each pair adds its line here.
 LEARNING = {
     "ppo": (["--env-id", "CartPole-v1", "--total-timesteps", "200000", "--seed", "1"], 450.0, 20),
+    # A2C dips now and then before it settles; seeds 1-3 of both twins held 500 from 200k steps on
+    "a2c": (["--env-id", "CartPole-v1", "--total-timesteps", "250000", "--seed", "1"], 300.0, 20),
 }
 
 
