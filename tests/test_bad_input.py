@@ -18,6 +18,11 @@ BAD = [
     ("allo", ["--d", "0"], "--d must be between 1"),
     ("allo", ["--batch-size", "0"], "must be positive"),
     ("allo", ["--total-train-steps", "-1"], "must be positive"),
+    ("a2c", ["--env-id", "Blackjack-v1"], "only Box observation spaces"),
+    ("a2c", ["--env-id", "NoSuchEnv-v0"], "unknown env id"),
+    ("a2c", ["--num-steps", "0"], "must be positive"),
+    ("a2c", ["--total-timesteps", "-5"], "must be positive"),
+    ("a2c", ["--total-timesteps", "19"], "less than one rollout"),
 ]
 
 

@@ -8,16 +8,23 @@ import pytest
 
 from tests.helpers import check_ok, episodic_returns, run_dirs, run_script, scalars_of_single_run
 
-# Tiny-budget arguments per script; each pair adds its line here.
+# Tiny-budget arguments per script; each pair adds its line here. A key "name:variant" runs script
+# `name` once more with other arguments (e.g. the continuous head of a script that has both).
 SMOKE = {
     "ppo": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
+    "a2c": ["--env-id", "CartPole-v1", "--total-timesteps", "2000", "--eval-episodes", "2"],
+    "a2c:continuous": ["--env-id", "Pendulum-v1", "--total-timesteps", "1000", "--eval-episodes", "1"],
 }
 CASES = [(name, fw) for name in SMOKE for fw in ("mlx", "torch")]
 
 
+def script(case: str) -> str:
+    return case.split(":")[0]
+
+
 @pytest.mark.parametrize("name,framework", CASES)
 def test_runs_and_logs(name, framework, tmp_path):
-    proc = run_script(name, framework, *SMOKE[name], cwd=tmp_path)
+    proc = run_script(script(name), framework, *SMOKE[name], cwd=tmp_path)
     check_ok(proc)
     scalars = scalars_of_single_run(tmp_path)
     for tag in ("charts/SPS", "timing/env_us", "timing/inference_us", "timing/update_us"):
@@ -27,7 +34,7 @@ def test_runs_and_logs(name, framework, tmp_path):
 
 @pytest.mark.parametrize("name,framework", CASES)
 def test_save_model_then_evaluate(name, framework, tmp_path):
-    proc = run_script(name, framework, *SMOKE[name], "--save-model", cwd=tmp_path)
+    proc = run_script(script(name), framework, *SMOKE[name], "--save-model", cwd=tmp_path)
     check_ok(proc)
     (run_dir,) = run_dirs(tmp_path)
     assert list(run_dir.glob("*.safetensors")), f"no model saved in {run_dir}"
@@ -64,7 +71,7 @@ def test_mlx_same_seed_same_run(name, tmp_path):
     returns = []
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
-        check_ok(run_script(name, "mlx", *SMOKE[name], "--total-timesteps", "8192", cwd=tmp_path / sub))
+        check_ok(run_script(script(name), "mlx", *SMOKE[name], "--total-timesteps", "8192", cwd=tmp_path / sub))
         scalars = scalars_of_single_run(tmp_path / sub)
         returns.append(episodic_returns(scalars))
         losses = {k: v for k, v in scalars.items() if k.startswith("losses/")}
