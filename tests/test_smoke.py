@@ -11,6 +11,8 @@ from tests.helpers import check_ok, episodic_returns, run_dirs, run_script, scal
 # Tiny-budget arguments per script; each pair adds its line here.
 SMOKE = {
     "ppo": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
+    # the in-process actor: deterministic (the multi-process paths are in test_qrdqn_actor_learner.py)
+    "qrdqn_actor_learner": ["--env-id", "CartPole-v1", "--num-actors", "0", "--total-timesteps", "2000", "--eval-episodes", "2"],
 }
 CASES = [(name, fw) for name in SMOKE for fw in ("mlx", "torch")]
 
