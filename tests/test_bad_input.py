@@ -23,6 +23,9 @@ BAD = [
     ("a2c", ["--num-steps", "0"], "must be positive"),
     ("a2c", ["--total-timesteps", "-5"], "must be positive"),
     ("a2c", ["--total-timesteps", "19"], "less than one rollout"),
+    ("qrdqn_actor_learner", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
+    ("qrdqn_actor_learner", ["--num-actors", "-1"], "--num-actors must be 0"),
+    ("qrdqn_actor_learner", ["--total-timesteps", "500"], "leaves no steps to learn from"),
 ]
 
 

@@ -1,0 +1,718 @@
+"""Ape-X-style actor-learner QR-DQN in MLX: actor processes step envs, one learner trains.
+
+QR-DQN (Dabney et al. 2018) as sb3-contrib defines it, with rl-zoo's tuned CartPole-v1 settings, fed
+by `--num-actors` spawned actor processes as in Ape-X (Horgan et al. 2018): each actor has its own env,
+its own epsilon and a numpy copy of the policy; transitions travel in fixed-size chunks through shared
+memory, and only (actor, slot, count) goes through a queue. The learner (this process) trains with the
+quantile Huber loss and publishes its weights as one flat float32 array with a version number.
+PyTorch twin: cleanrl_torch_reference/qrdqn_actor_learner_torch.py (same actors, a torch learner).
+
+Usage: python cleanrl_mlx/qrdqn_actor_learner_mlx.py --env-id CartPole-v1 --num-actors 2
+"""
+
+import ctypes
+import multiprocessing as mp
+import os
+import queue
+import random
+import signal
+import sys
+import time
+import traceback
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from types import SimpleNamespace
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+
+# Actors are spawned processes that re-import this file. They act with a numpy copy of the policy and
+# need neither MLX nor the logger (tensorboardX imports torch when it is installed: seconds and
+# ~200 MB per process) nor the command line, so only the learner imports those.
+LEARNER_PROCESS = __name__ == "__main__" or mp.parent_process() is None
+if LEARNER_PROCESS:
+    # The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
+    # matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
+    # Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
+    BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+    if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
+        try:
+            ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
+            BLAS = "openblas"
+        except OSError:
+            BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import tyro
+    from mlx.utils import tree_map
+    from tensorboardX import SummaryWriter
+    from tqdm import tqdm
+else:
+    nn = SimpleNamespace(Module=object)  # QNetwork's base class; an actor never builds one
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    device: str = "gpu"
+    """MLX device of the learner, "gpu" (Metal or CUDA) or "cpu"; falls back to cpu where MLX has no GPU backend"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanrl-mlx"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save model into the `runs/{run_name}` folder, then evaluate it"""
+    eval_episodes: int = 10
+    """the number of episodes to evaluate the saved model on"""
+
+    # Algorithm specific arguments (rl-zoo's tuned QR-DQN set for CartPole-v1)
+    env_id: str = "CartPole-v1"
+    """the id of the environment"""
+    total_timesteps: int = 50000
+    """total environment steps of all actors together"""
+    learning_rate: float = 2.3e-3
+    """the learning rate of the optimizer"""
+    adam_eps: float = 0.01 / 32
+    """Adam's epsilon (sb3-contrib's QR-DQN default, from the paper: 0.01 / 32)"""
+    buffer_size: int = 100000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 1.0
+    """the target network update rate"""
+    target_network_frequency: int = 128
+    """learner updates between target network updates (rl-zoo refreshes the target once per 128-update training phase)"""
+    batch_size: int = 64
+    """the batch size of sample from the replay memory"""
+    start_e: float = 1.0
+    """the starting epsilon for exploration"""
+    end_e: float = 0.04
+    """the final epsilon of a lone actor (--num-actors 0 or 1) and of evaluation"""
+    exploration_fraction: float = 0.16
+    """the fraction of `total-timesteps` it takes from start-e to each actor's final epsilon"""
+    learning_starts: int = 1000
+    """environment steps in the replay memory before learning starts"""
+    n_quantiles: int = 10
+    """the number of quantiles of the return distribution"""
+    max_grad_norm: float = 10.0
+    """the maximum norm for the gradient clipping"""
+
+    # Actor-learner arguments
+    num_actors: int = 2
+    """actor processes; 0 runs one actor inside the learner process, deterministic (debugging, tests)"""
+    apex_epsilon: float = 0.4
+    """Ape-X: actor i of N ends its exploration at apex_epsilon ** (1 + apex_alpha * i / (N - 1))"""
+    apex_alpha: float = 7.0
+    """Ape-X: the exponent spread of the actors' final epsilons"""
+    replay_ratio: float = 0.5
+    """learner updates per environment step received (rl-zoo: 128 gradient steps every 256 steps)"""
+    chunk_length: int = 50
+    """transitions per chunk, the unit an actor hands to the learner"""
+    ring_chunks: int = 4
+    """chunks in each actor's shared-memory ring; a full ring makes the actor wait"""
+    publish_interval: int = 25
+    """learner updates between publications of the weights to the actors"""
+    sync_interval: int = 50
+    """actor steps between checks of the published weights' version"""
+
+
+def check_args(args: Args, script: str) -> None:
+    """Reject bad input with one clear line before anything is created."""
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    for name in (
+        "total_timesteps", "buffer_size", "batch_size", "n_quantiles", "target_network_frequency",
+        "chunk_length", "ring_chunks", "publish_interval", "sync_interval",
+    ):  # fmt: skip
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.num_actors < 0:
+        raise SystemExit(f"{script}: --num-actors must be 0 (one in-process actor) or more, got {args.num_actors}")
+    if args.replay_ratio <= 0:
+        raise SystemExit(f"{script}: --replay-ratio must be positive, got {args.replay_ratio}")
+    if args.learning_starts < args.batch_size:
+        raise SystemExit(f"{script}: --learning-starts {args.learning_starts} is less than one batch ({args.batch_size})")
+    if args.learning_starts >= args.total_timesteps:
+        raise SystemExit(f"{script}: --learning-starts {args.learning_starts} leaves no steps to learn from (total {args.total_timesteps})")
+    if args.buffer_size < args.learning_starts:
+        raise SystemExit(f"{script}: --buffer-size {args.buffer_size} cannot hold --learning-starts {args.learning_starts} steps")
+
+
+def make_env(env_id, idx, capture_video, run_name):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        return env
+
+    return thunk
+
+
+def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+def actor_epsilons(num_actors, apex_epsilon, apex_alpha, lone_epsilon):
+    """Ape-X's final epsilon of each actor; a lone actor (N = 1, or the in-process one) uses `lone_epsilon`."""
+    if num_actors <= 1:
+        return [lone_epsilon]
+    return [apex_epsilon ** (1 + apex_alpha * i / (num_actors - 1)) for i in range(num_actors)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Actors: numpy and multiprocessing only (this part is the same in both twins)
+# ---------------------------------------------------------------------------------------------------
+def q_network_shapes(obs_dim, n_actions, n_quantiles):
+    """Parameter shapes of QNetwork in the order of the flat published array: (weight, bias) per layer."""
+    sizes = [obs_dim, 256, 256, n_actions * n_quantiles]
+    return [shape for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for shape in ((fan_out, fan_in), (fan_out,))]
+
+
+class NumpyPolicy:
+    """An actor's copy of the Q-network: views into one flat float32 array, read with a numpy forward.
+    For one observation at a time this is as fast as a framework call, and an actor process then
+    needs neither MLX nor torch."""
+
+    def __init__(self, shapes, n_actions, n_quantiles):
+        self.flat = np.zeros(sum(int(np.prod(s)) for s in shapes), dtype=np.float32)
+        offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+        self.params = [self.flat[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
+        self.n_actions, self.n_quantiles = n_actions, n_quantiles
+
+    def greedy_action(self, obs):
+        x = obs
+        for i in range(0, len(self.params), 2):
+            x = x @ self.params[i].T + self.params[i + 1]
+            if i + 2 < len(self.params):
+                x = np.maximum(x, 0.0)
+        return int(x.reshape(self.n_actions, self.n_quantiles).mean(-1).argmax())
+
+
+class Channels:
+    """Everything actors and the learner share: the published weights and their version (under one
+    lock), one ring of chunks per actor in shared memory with a semaphore counting its free slots,
+    the message queue, the stop event and the learner's step count. Picklable into spawned actors."""
+
+    def __init__(self, ctx, n_rings, ring_chunks, chunk_length, obs_dim, n_params):
+        self.n_rings, self.ring_chunks, self.chunk_length, self.obs_dim = n_rings, ring_chunks, chunk_length, obs_dim
+        n = n_rings * ring_chunks * chunk_length
+        self.raw = {
+            "obs": ctx.RawArray(ctypes.c_float, n * obs_dim),
+            "next_obs": ctx.RawArray(ctypes.c_float, n * obs_dim),
+            "actions": ctx.RawArray(ctypes.c_int64, n),
+            "rewards": ctx.RawArray(ctypes.c_float, n),
+            "terminations": ctx.RawArray(ctypes.c_float, n),
+            "seqs": ctx.RawArray(ctypes.c_int64, n),  # per-actor sequence numbers: a lost chunk shows as a gap
+        }
+        self.raw_weights = ctx.RawArray(ctypes.c_float, n_params)
+        self.version = ctx.RawValue(ctypes.c_int64, 0)
+        self.lock = ctx.Lock()
+        self.free_slots = [ctx.Semaphore(ring_chunks) for _ in range(n_rings)]
+        self.chunks_sent = ctx.RawArray(ctypes.c_int64, n_rings)  # one writer each: the ring's actor
+        self.global_step = ctx.RawValue(ctypes.c_int64, 0)  # written by the learner, read for epsilon
+        self.messages = ctx.Queue()
+        self.stop = ctx.Event()
+        self._make_views()
+
+    def _make_views(self):
+        shape = (self.n_rings, self.ring_chunks, self.chunk_length)
+        dtypes = {"actions": np.int64, "seqs": np.int64}
+        self.ring = {k: np.frombuffer(v, dtype=dtypes.get(k, np.float32)).reshape(shape + ((self.obs_dim,) if "obs" in k else ())) for k, v in self.raw.items()}
+        self.weights = np.frombuffer(self.raw_weights, dtype=np.float32)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("ring", "weights")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._make_views()
+
+    def publish(self, flat):
+        with self.lock:
+            self.weights[:] = flat
+            self.version.value += 1
+            return self.version.value
+
+    def read_weights(self, out):
+        with self.lock:
+            out[:] = self.weights
+            return self.version.value
+
+
+class Actor:
+    """Steps one env with epsilon-greedy on its numpy policy and writes transitions into its ring."""
+
+    def __init__(self, actor_id, args, run_name, final_epsilon, channels, shapes, n_actions):
+        self.id, self.args, self.final_epsilon, self.ch = actor_id, args, final_epsilon, channels
+        self.envs = gym.vector.SyncVectorEnv(
+            [make_env(args.env_id, actor_id, args.capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        )
+        self.obs, _ = self.envs.reset(seed=args.seed + actor_id)
+        self.envs.action_space.seed(args.seed + actor_id)
+        self.rng = np.random.default_rng(args.seed + actor_id)
+        self.policy = NumpyPolicy(shapes, n_actions, args.n_quantiles)
+        self.n_actions = n_actions
+        self.version = 0  # the learner publishes version 1 before any actor starts
+        self.seq = 0  # sequence number of the next transition
+        self.chunk_index = 0
+        self.parent = mp.parent_process()  # None for the in-process actor
+
+    def fill_chunk(self):
+        """Fill the next slot of the ring; returns the message for the learner, or None when stopped."""
+        ch, a, length = self.ch, self.id, self.args.chunk_length
+        slot = self.chunk_index % ch.ring_chunks
+        t_wait = time.perf_counter()
+        while not ch.free_slots[a].acquire(timeout=0.1):  # backpressure: wait until the learner frees it
+            if ch.stop.is_set() or (self.parent is not None and not self.parent.is_alive()):
+                return None
+        env_time = inference_time = 0.0
+        episodes = []
+        t0 = time.perf_counter()
+        wait_time = t0 - t_wait
+        for k in range(length):
+            if self.seq % self.args.sync_interval == 0 and ch.version.value != self.version:
+                self.version = ch.read_weights(self.policy.flat)  # reload only when the version changed
+            epsilon = linear_schedule(
+                self.args.start_e, self.final_epsilon, self.args.exploration_fraction * self.args.total_timesteps, ch.global_step.value
+            )
+            if self.rng.random() < epsilon:
+                action = int(self.rng.integers(self.n_actions))
+            else:
+                action = self.policy.greedy_action(self.obs[0])
+            t1 = time.perf_counter()
+            next_obs, rewards, terminations, truncations, infos = self.envs.step(np.array([action]))
+            # store the true last observation of a finished episode; bootstrap on terminations only
+            real_next_obs = infos["final_obs"][0] if "final_obs" in infos and infos["_final_obs"][0] else next_obs[0]
+            ring = ch.ring
+            ring["obs"][a, slot, k] = self.obs[0]
+            ring["next_obs"][a, slot, k] = real_next_obs
+            ring["actions"][a, slot, k] = action
+            ring["rewards"][a, slot, k] = rewards[0]
+            ring["terminations"][a, slot, k] = terminations[0]
+            ring["seqs"][a, slot, k] = self.seq
+            if "final_info" in infos and infos["final_info"]["_episode"][0]:
+                episodes.append((float(infos["final_info"]["episode"]["r"][0]), int(infos["final_info"]["episode"]["l"][0])))
+            self.obs = next_obs
+            self.seq += 1
+            t2 = time.perf_counter()
+            inference_time += t1 - t0
+            env_time += t2 - t1
+            t0 = t2
+        self.chunk_index += 1
+        ch.chunks_sent[a] += 1
+        return ("chunk", a, slot, length, self.version, episodes, (env_time, inference_time, wait_time))
+
+
+def run_actor(actor_id, args, run_name, final_epsilon, channels, shapes, n_actions):
+    """An actor process: fill chunks until the stop event; a failure is reported through the queue."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle: it sets the stop event
+    try:
+        actor = Actor(actor_id, args, run_name, final_epsilon, channels, shapes, n_actions)
+        while (message := actor.fill_chunk()) is not None:
+            channels.messages.put(message)  # a few numbers: the transitions stay in shared memory
+        channels.messages.put(("exit", actor_id, actor.version, zlib.crc32(actor.policy.flat.tobytes())))
+        actor.envs.close()
+    except Exception:
+        channels.messages.put(("error", actor_id, traceback.format_exc()))
+        sys.exit(1)
+
+
+class ActorFailed(RuntimeError):
+    pass
+
+
+class ReplayBuffer:
+    """The learner's own replay memory (numpy, preallocated, circular); only the learner touches it,
+    so sampling takes no lock. Each transition keeps its actor id and sequence number."""
+
+    def __init__(self, capacity, obs_dim):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
+        self.actions = np.zeros(capacity, dtype=np.int64)
+        self.rewards = np.zeros(capacity, dtype=np.float32)
+        self.terminations = np.zeros(capacity, dtype=np.float32)
+        self.actor_ids = np.zeros(capacity, dtype=np.int64)
+        self.seqs = np.zeros(capacity, dtype=np.int64)
+
+    def add_chunk(self, actor_id, chunk):
+        n = len(chunk["seqs"])
+        idx = (self.pos + np.arange(n)) % self.capacity
+        for key, values in chunk.items():
+            getattr(self, key)[idx] = values
+        self.actor_ids[idx] = actor_id
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size):
+        idx = np.random.randint(0, self.size, size=batch_size)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
+
+
+class ActorPool:
+    """The learner's side of the actors: starts them, receives their chunks into the replay buffer,
+    publishes weights, notices a dead actor, and stops them all."""
+
+    def __init__(self, args, run_name, obs_dim, n_actions, rb):
+        self.args, self.run_name, self.n_actions, self.rb = args, run_name, n_actions, rb
+        self.shapes = q_network_shapes(obs_dim, n_actions, args.n_quantiles)
+        n_rings = max(args.num_actors, 1)
+        self.ctx = mp.get_context("spawn")  # fork after MLX or torch has started threads is unsafe (macOS)
+        self.ch = Channels(self.ctx, n_rings, args.ring_chunks, args.chunk_length, obs_dim, sum(int(np.prod(s)) for s in self.shapes))
+        self.epsilons = actor_epsilons(args.num_actors, args.apex_epsilon, args.apex_alpha, args.end_e)
+        self.next_seq = np.zeros(n_rings, dtype=np.int64)
+        self.chunks_received = np.zeros(n_rings, dtype=np.int64)
+        self.dropped = 0  # transitions missing from (or repeated in) an actor's sequence: must stay 0
+        self.exits = {}  # actor id -> (weights version, crc32 of its weights) reported on a clean exit
+        self.procs, self.local = [], None
+
+    def start(self, flat_weights):
+        self.publish(flat_weights)
+        if self.args.num_actors == 0:
+            self.local = Actor(0, self.args, self.run_name, self.epsilons[0], self.ch, self.shapes, self.n_actions)
+            return
+        for i in range(self.args.num_actors):
+            p = self.ctx.Process(
+                target=run_actor,
+                args=(i, self.args, self.run_name, self.epsilons[i], self.ch, self.shapes, self.n_actions),
+                name=f"actor-{i}",
+                daemon=True,  # never outlive the learner
+            )
+            p.start()
+            self.procs.append(p)
+
+    def publish(self, flat_weights):
+        return self.ch.publish(flat_weights)
+
+    @property
+    def version(self):
+        return self.ch.version.value
+
+    def queue_depth(self):
+        """Chunks sent and not yet received (qsize() does not exist on macOS)."""
+        return int(np.frombuffer(self.ch.chunks_sent, dtype=np.int64).sum() - self.chunks_received.sum())
+
+    def check_actors(self):
+        for i, p in enumerate(self.procs):
+            if p.exitcode is not None:
+                how = f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+                report = ""  # an actor that raised sent its traceback before exiting
+                while True:
+                    try:
+                        message = self.ch.messages.get(timeout=0.2)
+                    except queue.Empty:
+                        break
+                    if message[0] == "error" and message[1] == i:
+                        report = ":\n" + message[2]
+                        break
+                raise ActorFailed(f"actor {i} (pid {p.pid}) died ({how}); stopping the run{report}")
+
+    def receive(self, timeout):
+        """Take one chunk into the replay buffer and free its slot. Blocks on the queue up to `timeout`
+        seconds (the in-process actor fills the chunk here); returns the message, or None."""
+        if self.local is not None:
+            message = self.local.fill_chunk()
+        else:
+            try:
+                message = self.ch.messages.get(timeout=timeout)
+            except queue.Empty:
+                self.check_actors()
+                return None
+        kind, a = message[0], message[1]
+        if kind == "error":
+            raise ActorFailed(f"actor {a} failed; stopping the run:\n{message[2]}")
+        if kind == "exit":
+            self.exits[a] = message[2:]
+            return None
+        _, a, slot, count, _, _, _ = message
+        chunk = {k: v[a, slot, :count] for k, v in self.ch.ring.items()}
+        seqs = chunk["seqs"]
+        if seqs[0] != self.next_seq[a] or np.any(np.diff(seqs) != 1):  # never happens: rings are not overwritten
+            self.dropped += abs(int(seqs[-1] + 1 - self.next_seq[a]) - count)
+        self.next_seq[a] = seqs[-1] + 1
+        self.rb.add_chunk(a, chunk)  # copies: the slot can be reused right away
+        self.ch.free_slots[a].release()
+        self.chunks_received[a] += 1
+        self.ch.global_step.value += count
+        self.check_actors()
+        return message
+
+    def close(self, timeout=5.0):
+        """Stop every actor: set the stop event, keep draining the queue (an actor exits only once its
+        queued messages are flushed) while joining with a deadline, then terminate any straggler."""
+        self.ch.stop.set()
+        deadline = time.time() + timeout
+        while any(p.is_alive() for p in self.procs) and time.time() < deadline:
+            try:
+                message = self.ch.messages.get(timeout=0.05)
+                if message[0] == "exit":
+                    self.exits[message[1]] = message[2:]
+            except queue.Empty:
+                pass
+        for p in self.procs:
+            p.join(timeout=max(deadline - time.time(), 0.1))
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=1.0)
+        while True:  # messages flushed just before an actor exited
+            try:
+                message = self.ch.messages.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                break
+            if message[0] == "exit":
+                self.exits[message[1]] = message[2:]
+        self.ch.messages.close()
+        if self.local is not None:
+            self.local.envs.close()
+        return self.exits
+
+
+# ---------------------------------------------------------------------------------------------------
+# Learner (MLX)
+# ---------------------------------------------------------------------------------------------------
+class QNetwork(nn.Module):
+    # A plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., exactly the torch
+    # twin's: a saved file loads in either framework.
+    def __init__(self, obs_dim, n_actions, n_quantiles):
+        super().__init__()
+        self.n_actions, self.n_quantiles = n_actions, n_quantiles
+        self.network = [
+            nn.Linear(obs_dim, 256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Linear(256, n_actions * n_quantiles),
+        ]
+
+    def __call__(self, x):
+        for layer in self.network:
+            x = layer(x)
+        return x.reshape(-1, self.n_actions, self.n_quantiles)  # (batch, actions, quantiles)
+
+
+def quantile_huber_loss(current_quantiles, target_quantiles):
+    """Quantile Huber loss with kappa = 1, as sb3-contrib defines it. current (B, N) estimates the
+    quantiles at the midpoints tau_i = (2i + 1) / (2N); target (B, N') are the target samples. The
+    pairwise loss |tau_i - 1{u < 0}| * Huber(u), u = target_j - current_i, is summed over the current
+    quantiles and averaged over the target quantiles and the batch."""
+    n = current_quantiles.shape[-1]
+    tau = (mx.arange(n, dtype=mx.float32) + 0.5) / n
+    delta = target_quantiles[:, None, :] - current_quantiles[:, :, None]  # (B, N, N')
+    abs_delta = mx.abs(delta)
+    huber = mx.where(abs_delta > 1.0, abs_delta - 0.5, 0.5 * delta**2)
+    weight = mx.abs(tau[None, :, None] - mx.stop_gradient((delta < 0).astype(mx.float32)))
+    return (weight * huber).sum(axis=1).mean()
+
+
+def qrdqn_target(next_quantiles, rewards, terminations, gamma):
+    """Target quantiles (B, N): the target network's quantiles (B, A, N) of the greedy next action by
+    their mean, discounted, bootstrapped unless the episode terminated."""
+    next_actions = next_quantiles.mean(axis=2).argmax(axis=1)
+    next_q = mx.take_along_axis(next_quantiles, next_actions[:, None, None], axis=1).squeeze(1)
+    return rewards[:, None] + gamma * (1.0 - terminations[:, None]) * next_q
+
+
+def qrdqn_loss(q_network, obs, actions, target_quantiles):
+    """Returns (loss, mean Q of the taken actions); only the loss is differentiated."""
+    current = mx.take_along_axis(q_network(obs), actions[:, None, None], axis=1).squeeze(1)
+    return quantile_huber_loss(current, target_quantiles), mx.stop_gradient(current.mean())
+
+
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, n_quantiles, epsilon=0.04, capture_video=True):
+    """Roll out a saved Q-network epsilon-greedily for `eval_episodes` episodes."""
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), n_quantiles)
+    model.load_weights(model_path)
+    obs, _ = envs.reset()
+    episodic_returns = []
+    while len(episodic_returns) < eval_episodes:
+        if random.random() < epsilon:
+            actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
+        else:
+            actions = np.array(model(mx.array(obs, dtype=mx.float32)).mean(axis=2).argmax(axis=1))
+        obs, _, _, _, infos = envs.step(actions)
+        if "final_info" in infos:
+            for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                episodic_return = infos["final_info"]["episode"]["r"][i]
+                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+                episodic_returns.append(episodic_return)
+    envs.close()
+    return episodic_returns
+
+
+if __name__ == "__main__":
+    script = os.path.basename(__file__)
+    args = tyro.cli(Args)
+    check_args(args, script)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # env check (before any logging, so a wrong action space stops the run with nothing written)
+    probe_env = make_env(args.env_id, 0, False, run_name)()
+    if not isinstance(probe_env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {probe_env.action_space}")
+    obs_dim, n_actions = int(np.prod(probe_env.observation_space.shape)), int(probe_env.action_space.n)
+    probe_env.close()
+
+    # TRY NOT TO MODIFY: device, seeding, logging
+    if args.device == "gpu" and not mx.is_available(mx.gpu):
+        print("qrdqn_actor_learner_mlx: MLX has no GPU backend here, running on cpu")
+        args.device = "cpu"
+    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    print(f"qrdqn_actor_learner_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mx.random.seed(args.seed)
+
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args) | {"framework": "mlx", "algo": "qrdqn_actor_learner", "blas": BLAS},
+            name=run_name,
+            group=f"qrdqn_actor_learner__{args.env_id}",
+            monitor_gym=True,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s"
+        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
+    )
+
+    q_network = QNetwork(obs_dim, n_actions, args.n_quantiles)
+    target_network = QNetwork(obs_dim, n_actions, args.n_quantiles)
+    target_network.update(q_network.parameters())
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=args.adam_eps, bias_correction=True)  # torch's Adam
+    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    mx.eval(q_network.parameters(), target_network.parameters(), optimizer.state)
+
+    # ALGO LOGIC: compiled hot paths over the live modules (no copies, no state dicts)
+    loss_and_grad = nn.value_and_grad(q_network, partial(qrdqn_loss, q_network))
+
+    @partial(mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state])
+    def train_step(obs, actions, rewards, next_obs, terminations):
+        target = mx.stop_gradient(qrdqn_target(target_network(next_obs), rewards, terminations, args.gamma))
+        (loss, q_values), grads = loss_and_grad(obs, actions, target)
+        grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
+        optimizer.update(q_network, grads)
+        return loss, q_values
+
+    @partial(mx.compile, inputs=[q_network.state, target_network.state], outputs=[target_network.state])
+    def update_target():
+        target_network.update(tree_map(lambda q, t: args.tau * q + (1.0 - args.tau) * t, q_network.parameters(), target_network.parameters()))
+
+    @partial(mx.compile, inputs=[q_network.state])
+    def flat_parameters():  # the layout of q_network_shapes: (weight, bias) per Linear
+        return mx.concatenate([p.reshape(-1) for layer in q_network.network[::2] for p in (layer.weight, layer.bias)])
+
+    rb = ReplayBuffer(args.buffer_size, obs_dim)
+    pool = ActorPool(args, run_name, obs_dim, n_actions, rb)
+
+    # TRY NOT TO MODIFY: start the actors and the game
+    global_step = updates = 0
+    start_time = time.time()
+    pool.start(np.asarray(flat_parameters()))
+    if pool.procs:
+        print(f"{script}: {len(pool.procs)} actors started (pids {', '.join(str(p.pid) for p in pool.procs)})")
+    env_time = inference_time = update_time = 0.0  # seconds since the last log (actors' sums, learner's own)
+    window_start, window_step, window_updates, lags = time.time(), 0, 0, []
+    last_return = float("nan")
+    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
+
+    try:
+        while global_step < args.total_timesteps:
+            # keep the replay ratio: train while updates are owed, otherwise wait (blocking) for data
+            owed = rb.size >= args.learning_starts and updates < args.replay_ratio * (global_step - args.learning_starts)
+            if not owed:
+                message = pool.receive(timeout=1.0)
+                if message is None:
+                    continue
+                _, actor_id, _, count, version, episodes, (env_s, inference_s, _) = message
+                global_step += count
+                env_time += env_s
+                inference_time += inference_s
+                lags.append(pool.version - version)
+                progress.update(count)
+                for episodic_return, episodic_length in episodes:
+                    last_return = episodic_return
+                    tqdm.write(f"global_step={global_step}, episodic_return={episodic_return}")
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                continue
+
+            # ALGO LOGIC: training (one host sync per gradient step)
+            t0 = time.perf_counter()
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
+            loss, q_values = train_step(mx.array(b_obs), mx.array(b_actions), mx.array(b_rewards), mx.array(b_next_obs), mx.array(b_terminations))
+            mx.eval(loss, q_values, q_network.state, optimizer.state)
+            updates += 1
+            if updates % args.target_network_frequency == 0:
+                update_target()
+                mx.eval(target_network.state)
+            if updates % args.publish_interval == 0:
+                pool.publish(np.asarray(flat_parameters()))
+            update_time += time.perf_counter() - t0
+
+            if updates % 100 == 0:
+                # TRY NOT TO MODIFY: record losses and throughput for plotting purposes
+                now = time.time()
+                steps_since_log = max(global_step - window_step, 1)
+                sps = int(global_step / (now - start_time))
+                writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                writer.add_scalar("losses/q_values", q_values.item(), global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/learner_updates_per_s", (updates - window_updates) / (now - window_start), global_step)
+                writer.add_scalar("charts/queue_depth", pool.queue_depth(), global_step)
+                writer.add_scalar("charts/policy_lag", float(np.mean(lags)) if lags else 0.0, global_step)
+                writer.add_scalar("charts/dropped_transitions", pool.dropped, global_step)
+                writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
+                writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
+                writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
+                env_time = inference_time = update_time = 0.0
+                window_start, window_step, window_updates, lags = now, global_step, updates, []
+                progress.set_postfix(SPS=sps, ret=last_return)
+                if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+                    print("SPS:", sps)
+    except (ActorFailed, KeyboardInterrupt) as error:
+        writer.close()
+        if isinstance(error, KeyboardInterrupt):
+            raise SystemExit(f"{script}: interrupted; actors stopped") from None
+        print(error, file=sys.stderr)
+        raise SystemExit(f"{script}: {str(error).splitlines()[0]}") from None
+    finally:
+        progress.close()
+        pool.close()  # stop event, joins with timeouts; the shared memory goes with the processes
+
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
+        q_network.save_weights(model_path)
+        print(f"model saved to {model_path}")
+        episodic_returns = evaluate(
+            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", QNetwork, args.n_quantiles,
+            epsilon=args.end_e, capture_video=args.capture_video,
+        )  # fmt: skip
+        for idx, episodic_return in enumerate(episodic_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+
+    writer.close()
