@@ -12,6 +12,9 @@ BAD = [
     ("ppo", ["--total-timesteps", "0"], "must be positive"),
     ("ppo", ["--total-timesteps", "-5"], "must be positive"),
     ("ppo", ["--total-timesteps", "100"], "less than one rollout"),
+    ("ppo_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
+    ("ppo_atari", ["--env-id", "NoSuchNoFrameskip-v4"], "unknown env id"),
+    ("ppo_atari", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
 ]
 
 
