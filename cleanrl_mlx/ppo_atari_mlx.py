@@ -128,7 +128,7 @@ def check_args(args: Args, script: str) -> None:
         )
 
 
-# Atari preprocessing as CleanRL's ppo_atari.py applies it (the wrappers it takes from SB3, written
+# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers it takes from SB3, written
 # out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
 class NoopResetEnv(gym.Wrapper):
     """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
@@ -286,7 +286,11 @@ class Conv2d(nn.Module):
         n, h, w, _ = x.shape
         m, oh, ow = k // s, (h - k) // s + 1, (w - k) // s + 1
         x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols the strided conv reads
-        x = x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c).transpose(0, 1, 3, 2, 4, 5).reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
+        x = (
+            x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
+            .transpose(0, 1, 3, 2, 4, 5)
+            .reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
+        )
         weight = self.weight.reshape(out_c, in_c, m, s, m, s).transpose(0, 2, 4, 3, 5, 1).reshape(out_c, m, m, s * s * in_c)
         return mx.conv2d(x, weight) + self.bias
 

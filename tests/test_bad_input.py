@@ -15,6 +15,9 @@ BAD = [
     ("ppo_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
     ("ppo_atari", ["--env-id", "NoSuchNoFrameskip-v4"], "unknown env id"),
     ("ppo_atari", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
+    ("dqn_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
+    ("dqn_atari", ["--num-envs", "2"], "--num-envs must be 1"),
+    ("dqn_atari", ["--learning-starts", "500", "--total-timesteps", "400"], "--learning-starts 500 must be in"),
 ]
 
 

@@ -11,7 +11,19 @@ from tests.helpers import check_ok, episodic_returns, run_dirs, run_script, scal
 # Tiny-budget arguments per script; each pair adds its line here.
 SMOKE = {
     "ppo": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
-    "ppo_atari": ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "128", "--num-minibatches", "2", "--eval-episodes", "1"],
+    "ppo_atari": [
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "32",
+        "--total-timesteps",
+        "128",
+        "--num-minibatches",
+        "2",
+        "--eval-episodes",
+        "1",
+    ],
+    "dqn_atari": ["--buffer-size", "2000", "--learning-starts", "200", "--total-timesteps", "400", "--eval-episodes", "1"],
 }
 CASES = [(name, fw) for name in SMOKE for fw in ("mlx", "torch")]
 
