@@ -118,7 +118,7 @@ def check_args(args: Args, script: str) -> None:
         )
 
 
-# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers it takes from SB3, written
+# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
 # out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
 class NoopResetEnv(gym.Wrapper):
     """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
