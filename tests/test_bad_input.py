@@ -26,6 +26,12 @@ BAD = [
     ("qrdqn_actor_learner", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
     ("qrdqn_actor_learner", ["--num-actors", "-1"], "--num-actors must be 0"),
     ("qrdqn_actor_learner", ["--total-timesteps", "500"], "leaves no steps to learn from"),
+    ("ppo_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
+    ("ppo_atari", ["--env-id", "NoSuchNoFrameskip-v4"], "unknown env id"),
+    ("ppo_atari", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
+    ("dqn_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
+    ("dqn_atari", ["--num-envs", "2"], "--num-envs must be 1"),
+    ("dqn_atari", ["--learning-starts", "500", "--total-timesteps", "400"], "--learning-starts 500 must be in"),
 ]
 
 

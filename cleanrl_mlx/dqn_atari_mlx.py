@@ -1,0 +1,567 @@
+"""DQN on Atari (Nature CNN, 84x84x4 grayscale frames) in MLX.
+
+Mirrors CleanRL's dqn_atari.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy): same
+defaults, same preprocessing, same TD loss, same logged tags. PyTorch twin:
+cleanrl_torch_reference/dqn_atari_torch.py. The replay buffer stores each frame once, so the default
+1M transitions fit in ~7 GB.
+
+Usage: python cleanrl_mlx/dqn_atari_mlx.py --env-id BreakoutNoFrameskip-v4
+"""
+
+import ctypes
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+import tyro
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
+# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
+# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
+    try:
+        ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
+        BLAS = "openblas"
+    except OSError:
+        BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import mlx.optimizers as optim  # noqa: E402
+from mlx.utils import tree_map  # noqa: E402
+
+gym.register_envs(ale_py)
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    device: str = "gpu"
+    """MLX device, "gpu" (Metal or CUDA) or "cpu"; falls back to cpu where MLX has no GPU backend"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanrl-mlx"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save model into the `runs/{run_name}` folder, then evaluate it"""
+    eval_episodes: int = 10
+    """the number of episodes to evaluate the saved model on"""
+
+    # Algorithm specific arguments
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """the id of the environment"""
+    total_timesteps: int = 10000000
+    """total timesteps of the experiments"""
+    learning_rate: float = 1e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    buffer_size: int = 1000000
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 1.0
+    """the target network update rate"""
+    target_network_frequency: int = 1000
+    """the timesteps it takes to update the target network"""
+    batch_size: int = 32
+    """the batch size of sample from the reply memory"""
+    start_e: float = 1
+    """the starting epsilon for exploration"""
+    end_e: float = 0.01
+    """the ending epsilon for exploration"""
+    exploration_fraction: float = 0.10
+    """the fraction of `total-timesteps` it takes from start-e to go end-e"""
+    learning_starts: int = 80000
+    """timestep to start learning"""
+    train_frequency: int = 4
+    """the frequency of training"""
+
+
+def check_args(args: Args, script: str) -> None:
+    """Reject bad input with one clear line before anything is created."""
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    if "ale_py" not in str(gym.spec(args.env_id).entry_point):
+        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; use dqn_mlx.py for vector observations")
+    for name in ("total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.num_envs != 1:
+        raise SystemExit(
+            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+        )
+    if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
+        )
+
+
+# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
+# out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
+class NoopResetEnv(gym.Wrapper):
+    """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
+
+    def __init__(self, env, noop_max=30):
+        super().__init__(env)
+        self.noop_max = noop_max
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        for _ in range(self.unwrapped.np_random.integers(1, self.noop_max + 1)):
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset()
+        return obs, info
+
+
+class MaxAndSkipEnv(gym.Wrapper):
+    """Repeat each action `skip` frames, sum the rewards, and return the pixel-wise max of the last two
+    frames (Atari sprites flicker between frames)."""
+
+    def __init__(self, env, skip=4):
+        super().__init__(env)
+        self.skip = skip
+
+    def step(self, action):
+        total_reward, last_frames = 0.0, []
+        for i in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += reward
+            if i >= self.skip - 2:
+                last_frames.append(obs)
+            if terminated or truncated:
+                break
+        frame = np.maximum(last_frames[0], last_frames[-1]) if last_frames else obs
+        return frame, total_reward, terminated, truncated, info
+
+
+class EpisodicLifeEnv(gym.Wrapper):
+    """End the episode (for learning) when a life is lost, but reset the game only when it is really
+    over: the reset after a lost life is a no-op step. The statistics wrapper below sees real games."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.lives, self.was_real_done = 0, True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.was_real_done = terminated or truncated
+        lives = self.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self.was_real_done:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.lives = self.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireResetEnv(gym.Wrapper):
+    """Press FIRE (then action 2) after a reset, for games that wait for it to start."""
+
+    def reset(self, **kwargs):
+        self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+class ClipRewardEnv(gym.RewardWrapper):
+    """Learn from the sign of the reward (-1, 0, +1); the logged return stays the raw score."""
+
+    def reward(self, reward):
+        return np.sign(reward)
+
+
+def make_env(env_id, idx, capture_video, run_name):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = NoopResetEnv(env, noop_max=30)
+        env = MaxAndSkipEnv(env, skip=4)
+        env = EpisodicLifeEnv(env)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireResetEnv(env)
+        env = ClipRewardEnv(env)
+        env = gym.wrappers.ResizeObservation(env, (84, 84))
+        env = gym.wrappers.GrayscaleObservation(env)
+        env = gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
+        return env
+
+    return thunk
+
+
+def finished_episodes(infos):
+    """(return, length) of every env whose *game* ended this step. A lost life also ends an episode for
+    the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
+class Conv2d(nn.Module):
+    """torch's nn.Conv2d(in, out, k, stride) on NHWC input, with the weight stored in torch's layout
+    (out, in, k, k): parameter names and shapes equal the torch twin's, so a saved file loads in either
+    framework untouched (the on-disk layout is torch's).
+
+    MLX's CPU backend computes a strided convolution's input gradient on a slow path. When k % stride
+    == 0, the strided conv equals a stride-1 conv with a (k/s)x(k/s) kernel on the space-to-depth(s)
+    input: input pixel (i*s+p, j*s+q, c) becomes channel (p, q, c) of block (i, j), and weight tap
+    (a*s+p, b*s+q) becomes tap (a, b) of that channel. Both rearrangements are reshapes/transposes that
+    run inside the compiled functions, so the forward and every gradient take the fast stride-1 path.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1):
+        super().__init__()
+        assert kernel_size % stride == 0, "space-to-depth needs kernel_size % stride == 0"
+        scale = np.sqrt(1.0 / (in_channels * kernel_size * kernel_size))  # torch's default init range
+        self.weight = mx.random.uniform(-scale, scale, (out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = mx.random.uniform(-scale, scale, (out_channels,))
+        self.stride = stride
+
+    def __call__(self, x):
+        s = self.stride
+        out_c, in_c, k, _ = self.weight.shape
+        n, h, w, _ = x.shape
+        m, oh, ow = k // s, (h - k) // s + 1, (w - k) // s + 1
+        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols the strided conv reads
+        x = (
+            x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
+            .transpose(0, 1, 3, 2, 4, 5)
+            .reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
+        )
+        weight = self.weight.reshape(out_c, in_c, m, s, m, s).transpose(0, 2, 4, 3, 5, 1).reshape(out_c, m, m, s * s * in_c)
+        return mx.conv2d(x, weight) + self.bias
+
+
+class Flatten(nn.Module):
+    """Flatten NHWC feature maps in torch's (C, H, W) order, so the next Linear's weight is the twin's."""
+
+    def __call__(self, x):
+        return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+def forward(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+# ALGO LOGIC: initialize agent here (torch's default init, as CleanRL's dqn_atari uses)
+class QNetwork(nn.Module):
+    # a plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., the torch twin's
+    def __init__(self, n_actions):
+        super().__init__()
+        self.network = [
+            Conv2d(4, 32, 8, stride=4),
+            nn.ReLU(),
+            Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            Flatten(),
+            nn.Linear(3136, 512),
+            nn.ReLU(),
+            nn.Linear(512, n_actions),
+        ]
+
+    def __call__(self, x):
+        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, inside the compiled functions
+        return forward(self.network, (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1))
+
+
+class FrameReplayBuffer:
+    """Replay buffer for one env of frame stacks that stores every 84x84 uint8 frame once and rebuilds
+    the stacks when sampling: ~7 GB for 1M transitions, where a buffer of (obs, next_obs) stacks needs
+    56 GB. Sampling returns exactly what such a buffer would (same ring slots, same numpy index draws).
+
+    An episode is frames x_0 (reset), x_1, ..., x_T (true final observation, also on truncation); the
+    observation at step t is the stack [x_{t-3}, ..., x_t] with indices below 0 reading x_0, as
+    FrameStackObservation pads. Transition number g (t-th of its episode) stores its next frame x_{t+1}
+    in `frames[g % (buffer_size + 4)]`; the 4 extra frames keep the history of the oldest transition
+    alive. x_0 of each episode is kept in `first_frames`, keyed by the number of its first transition,
+    until no stored transition reads it any more. `dones` holds terminations only."""
+
+    def __init__(self, buffer_size, frame_shape=(84, 84), stack=4):
+        self.buffer_size, self.stack, self.n_frames = buffer_size, stack, buffer_size + stack
+        self.frames = np.zeros((self.n_frames,) + frame_shape, dtype=np.uint8)
+        self.first_frames = {}
+        self.steps = np.zeros(buffer_size, dtype=np.int64)  # t of each transition within its episode
+        self.actions = np.zeros(buffer_size, dtype=np.int32)
+        self.rewards = np.zeros(buffer_size, dtype=np.float32)
+        self.dones = np.zeros(buffer_size, dtype=np.float32)
+        self.count, self.t, self.new_episode = 0, 0, True
+
+    def __len__(self):
+        return min(self.count, self.buffer_size)
+
+    def add(self, obs, next_obs, actions, rewards, terminations, truncations):
+        """Store one transition of the single env (leading axis = envs, of size 1)."""
+        g, slot = self.count, self.count % self.buffer_size
+        if self.new_episode:
+            self.first_frames[g], self.t = obs[0, -1].copy(), 0
+        else:
+            self.t += 1
+        self.frames[g % self.n_frames] = next_obs[0, -1]
+        self.steps[slot], self.actions[slot] = self.t, actions[0]
+        self.rewards[slot], self.dones[slot] = rewards[0], terminations[0]
+        self.new_episode = bool(terminations[0] or truncations[0])
+        self.count += 1
+        # transitions g0 .. g0+stack-1 read x_0 of an episode starting at g0; drop it when they are gone
+        self.first_frames.pop(self.count - self.buffer_size - self.stack, None)
+
+    def sample(self, batch_size):
+        idx = np.random.randint(0, len(self), size=batch_size)  # ring slots, as a plain buffer draws them
+        g = self.count - 1 - (self.count - 1 - idx) % self.buffer_size  # transition number in each slot
+        t = self.steps[idx]
+        j = np.maximum(t[:, None] + np.arange(-self.stack + 1, 2), 0)  # frames x_j for obs and next_obs
+        stacks = self.frames[(g[:, None] - t[:, None] + j - 1) % self.n_frames]
+        for b, k in zip(*np.nonzero(j == 0)):
+            stacks[b, k] = self.first_frames[g[b] - t[b]]
+        return stacks[:, :-1], self.actions[idx], self.rewards[idx], stacks[:, 1:], self.dones[idx]
+
+
+def real_next_obs(next_obs, infos):
+    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first
+    observation; the true last one is in infos["final_obs"]. Returns next_obs with those put back."""
+    real = next_obs.copy()
+    if "_final_obs" in infos:
+        for i in np.flatnonzero(infos["_final_obs"]):
+            real[i] = infos["final_obs"][i]
+    return real
+
+
+def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
+def td_target(target_network, next_obs, rewards, dones, gamma):
+    """r + gamma * max_a Q_target(s', a), not bootstrapped past a termination."""
+    target_max = target_network(next_obs).max(axis=1)
+    return mx.stop_gradient(rewards + gamma * target_max * (1 - dones))
+
+
+def dqn_loss(q_network, obs, actions, target):
+    """Mean squared TD error of Q(s, a). Returns (loss, Q(s, a)); only `loss` is differentiated."""
+    old_val = mx.take_along_axis(q_network(obs), actions[:, None], axis=1).squeeze(1)
+    return ((target - old_val) ** 2).mean(), old_val
+
+
+def polyak_update(online_params, target_params, tau):
+    """tau * online + (1 - tau) * target, leaf by leaf (tau = 1 is a hard copy)."""
+    return tree_map(lambda p, t: tau * p + (1.0 - tau) * t, online_params, target_params)
+
+
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, epsilon=0.05, capture_video=True):
+    """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` games."""
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    model = Model(int(envs.single_action_space.n))
+    model.load_weights(model_path)  # torch's layout: a file saved by either twin loads here
+    obs, _ = envs.reset()
+    episodic_returns = []
+    while len(episodic_returns) < eval_episodes:
+        if random.random() < epsilon:
+            actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
+        else:
+            actions = np.array(mx.argmax(model(mx.array(obs)), axis=1))
+        obs, _, _, _, infos = envs.step(actions)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
+    envs.close()
+    return episodic_returns
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args, os.path.basename(__file__))
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    assert isinstance(envs.single_action_space, gym.spaces.Discrete), "ALE envs have discrete actions"
+
+    # TRY NOT TO MODIFY: device, seeding, logging
+    if args.device == "gpu" and not mx.is_available(mx.gpu):
+        print("dqn_atari_mlx: MLX has no GPU backend here, running on cpu")
+        args.device = "cpu"
+    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    print(f"dqn_atari_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mx.random.seed(args.seed)
+
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args) | {"framework": "mlx", "algo": "dqn_atari", "blas": BLAS},
+            name=run_name,
+            group=f"dqn_atari__{args.env_id}",
+            monitor_gym=True,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s"
+        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
+    )
+
+    n_actions = int(envs.single_action_space.n)
+    q_network = QNetwork(n_actions)
+    optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)  # torch's Adam, default eps
+    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    target_network = QNetwork(n_actions)
+    target_network.update(q_network.parameters())
+    mx.eval(q_network.state, target_network.state, optimizer.state)
+
+    # ALGO LOGIC: compiled hot paths. Each captures the live module state (no copies, no state dicts).
+    # Exploration is decided on the host (random.random(), as CleanRL), so the network runs only for
+    # greedy steps and epsilon never enters compiled code.
+    @partial(mx.compile, inputs=[q_network.state])
+    def greedy_action(obs):
+        return mx.argmax(q_network(obs), axis=1)
+
+    loss_and_grad = nn.value_and_grad(q_network, partial(dqn_loss, q_network))
+
+    @partial(
+        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
+    )
+    def train_step(obs, actions, rewards, next_obs, dones):
+        target = td_target(target_network, next_obs, rewards, dones, args.gamma)
+        (loss, old_val), grads = loss_and_grad(obs, actions, target)
+        optimizer.update(q_network, grads)
+        return loss, old_val.mean()
+
+    @partial(mx.compile, inputs=[q_network.state, target_network.state], outputs=[target_network.state])
+    def update_target():
+        target_network.update(polyak_update(q_network.trainable_parameters(), target_network.trainable_parameters(), args.tau))
+
+    rb = FrameReplayBuffer(args.buffer_size, envs.single_observation_space.shape[1:], envs.single_observation_space.shape[0])
+
+    # TRY NOT TO MODIFY: start the game
+    start_time = time.time()
+    obs, _ = envs.reset(seed=args.seed)
+    envs.action_space.seed(args.seed)
+    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    last_log_step, last_return = 0, float("nan")
+    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
+    for global_step in range(args.total_timesteps):
+        # ALGO LOGIC: put action logic here (np.array(...) is the one host sync of a greedy step)
+        t0 = time.perf_counter()
+        epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
+        if random.random() < epsilon:
+            actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
+        else:
+            actions = np.array(greedy_action(mx.array(obs)))
+        t1 = time.perf_counter()
+
+        # TRY NOT TO MODIFY: execute the game and log data.
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        for last_return, length in finished_episodes(infos):
+            tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", length, global_step)
+
+        # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
+        rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations, truncations)
+
+        # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
+        obs = next_obs
+        t2 = time.perf_counter()
+        inference_time += t1 - t0
+        env_time += t2 - t1
+
+        # ALGO LOGIC: training.
+        if global_step > args.learning_starts:
+            if global_step % args.train_frequency == 0:
+                t0 = time.perf_counter()
+                data = rb.sample(args.batch_size)  # one mx.array per field; frames stay uint8
+                loss, q_values = train_step(*(mx.array(x) for x in data))
+                mx.eval(loss, q_values, q_network.state, optimizer.state)  # one sync per gradient step
+                update_time += time.perf_counter() - t0
+
+                if global_step % 100 == 0:
+                    steps_since_log, last_log_step = global_step - last_log_step, global_step
+                    sps = int(global_step / (time.time() - start_time))
+                    writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                    writer.add_scalar("losses/q_values", q_values.item(), global_step)
+                    writer.add_scalar("charts/SPS", sps, global_step)
+                    writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
+                    writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
+                    writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
+                    env_time = inference_time = update_time = 0.0
+                    progress.update(global_step - progress.n)
+                    progress.set_postfix(SPS=sps, ret=last_return)
+                    if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+                        print("SPS:", sps)
+
+            # update target network
+            if global_step % args.target_network_frequency == 0:
+                t0 = time.perf_counter()
+                update_target()
+                mx.eval(target_network.state)
+                update_time += time.perf_counter() - t0
+
+    progress.close()
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
+        q_network.save_weights(model_path)
+        print(f"model saved to {model_path}")
+        episodic_returns = evaluate(
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            QNetwork,
+            epsilon=0.05,
+            capture_video=args.capture_video,
+        )
+        for idx, episodic_return in enumerate(episodic_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+
+    envs.close()
+    writer.close()

@@ -1,0 +1,625 @@
+"""PPO on Atari (Nature CNN, 84x84x4 grayscale frames) in MLX.
+
+Mirrors CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy): same
+defaults, same preprocessing, same loss, same logged tags. PyTorch twin:
+cleanrl_torch_reference/ppo_atari_torch.py.
+
+Usage: python cleanrl_mlx/ppo_atari_mlx.py --env-id BreakoutNoFrameskip-v4
+"""
+
+import ctypes
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+import tyro
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
+# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
+# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
+    try:
+        ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
+        BLAS = "openblas"
+    except OSError:
+        BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import mlx.optimizers as optim  # noqa: E402
+
+gym.register_envs(ale_py)
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    device: str = "gpu"
+    """MLX device, "gpu" (Metal or CUDA) or "cpu"; falls back to cpu where MLX has no GPU backend"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanrl-mlx"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save model into the `runs/{run_name}` folder, then evaluate it"""
+    eval_episodes: int = 10
+    """the number of episodes to evaluate the saved model on"""
+
+    # Algorithm specific arguments
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """the id of the environment"""
+    total_timesteps: int = 10000000
+    """total timesteps of the experiments"""
+    learning_rate: float = 2.5e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 8
+    """the number of parallel game environments"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """Toggles advantages normalization"""
+    clip_coef: float = 0.1
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def check_args(args: Args, script: str) -> None:
+    """Reject bad input with one clear line before anything is created."""
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    if "ale_py" not in str(gym.spec(args.env_id).entry_point):
+        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; use ppo_mlx.py for vector observations")
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
+        raise SystemExit(
+            f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
+            f"num_minibatches = {args.num_minibatches}"
+        )
+    if args.total_timesteps < args.num_envs * args.num_steps:
+        raise SystemExit(
+            f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
+            f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
+        )
+
+
+# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
+# out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
+class NoopResetEnv(gym.Wrapper):
+    """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
+
+    def __init__(self, env, noop_max=30):
+        super().__init__(env)
+        self.noop_max = noop_max
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        for _ in range(self.unwrapped.np_random.integers(1, self.noop_max + 1)):
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset()
+        return obs, info
+
+
+class MaxAndSkipEnv(gym.Wrapper):
+    """Repeat each action `skip` frames, sum the rewards, and return the pixel-wise max of the last two
+    frames (Atari sprites flicker between frames)."""
+
+    def __init__(self, env, skip=4):
+        super().__init__(env)
+        self.skip = skip
+
+    def step(self, action):
+        total_reward, last_frames = 0.0, []
+        for i in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total_reward += reward
+            if i >= self.skip - 2:
+                last_frames.append(obs)
+            if terminated or truncated:
+                break
+        frame = np.maximum(last_frames[0], last_frames[-1]) if last_frames else obs
+        return frame, total_reward, terminated, truncated, info
+
+
+class EpisodicLifeEnv(gym.Wrapper):
+    """End the episode (for learning) when a life is lost, but reset the game only when it is really
+    over: the reset after a lost life is a no-op step. The statistics wrapper below sees real games."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.lives, self.was_real_done = 0, True
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.was_real_done = terminated or truncated
+        lives = self.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs):
+        if self.was_real_done:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.lives = self.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireResetEnv(gym.Wrapper):
+    """Press FIRE (then action 2) after a reset, for games that wait for it to start."""
+
+    def reset(self, **kwargs):
+        self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+class ClipRewardEnv(gym.RewardWrapper):
+    """Learn from the sign of the reward (-1, 0, +1); the logged return stays the raw score."""
+
+    def reward(self, reward):
+        return np.sign(reward)
+
+
+def make_env(env_id, idx, capture_video, run_name):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        env = NoopResetEnv(env, noop_max=30)
+        env = MaxAndSkipEnv(env, skip=4)
+        env = EpisodicLifeEnv(env)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireResetEnv(env)
+        env = ClipRewardEnv(env)
+        env = gym.wrappers.ResizeObservation(env, (84, 84))
+        env = gym.wrappers.GrayscaleObservation(env)
+        env = gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
+        return env
+
+    return thunk
+
+
+def finished_episodes(infos):
+    """(return, length) of every env whose *game* ended this step. A lost life also ends an episode for
+    the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
+def orthogonal(shape, gain):
+    """torch's orthogonal_ init: a conv weight is a (out, in*kh*kw) matrix. The QR runs on the tall
+    (max, min) matrix, as torch's does (nn.init.orthogonal factors a square max x max one: 3136^2 here)."""
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    q, r = mx.linalg.qr(mx.random.normal((max(rows, cols), min(rows, cols))), stream=mx.cpu)
+    q = q * mx.sign(mx.diag(r))
+    return (q.T if rows < cols else q).reshape(shape) * float(gain)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    layer.weight = orthogonal(layer.weight.shape, std)
+    layer.bias = mx.full(layer.bias.shape, bias_const)
+    return layer
+
+
+class Conv2d(nn.Module):
+    """torch's nn.Conv2d(in, out, k, stride) on NHWC input, with the weight stored in torch's layout
+    (out, in, k, k): parameter names and shapes equal the torch twin's, so a saved file loads in either
+    framework untouched (the on-disk layout is torch's).
+
+    MLX's CPU backend computes a strided convolution's input gradient on a slow path. When k % stride
+    == 0, the strided conv equals a stride-1 conv with a (k/s)x(k/s) kernel on the space-to-depth(s)
+    input: input pixel (i*s+p, j*s+q, c) becomes channel (p, q, c) of block (i, j), and weight tap
+    (a*s+p, b*s+q) becomes tap (a, b) of that channel. Both rearrangements are reshapes/transposes that
+    run inside the compiled functions, so the forward and every gradient take the fast stride-1 path.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1):
+        super().__init__()
+        assert kernel_size % stride == 0, "space-to-depth needs kernel_size % stride == 0"
+        scale = np.sqrt(1.0 / (in_channels * kernel_size * kernel_size))  # torch's default init range
+        self.weight = mx.random.uniform(-scale, scale, (out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = mx.random.uniform(-scale, scale, (out_channels,))
+        self.stride = stride
+
+    def __call__(self, x):
+        s = self.stride
+        out_c, in_c, k, _ = self.weight.shape
+        n, h, w, _ = x.shape
+        m, oh, ow = k // s, (h - k) // s + 1, (w - k) // s + 1
+        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols the strided conv reads
+        x = (
+            x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
+            .transpose(0, 1, 3, 2, 4, 5)
+            .reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
+        )
+        weight = self.weight.reshape(out_c, in_c, m, s, m, s).transpose(0, 2, 4, 3, 5, 1).reshape(out_c, m, m, s * s * in_c)
+        return mx.conv2d(x, weight) + self.bias
+
+
+class Flatten(nn.Module):
+    """Flatten NHWC feature maps in torch's (C, H, W) order, so the next Linear's weight is the twin's."""
+
+    def __call__(self, x):
+        return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+def forward(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class Agent(nn.Module):
+    # A plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., exactly the torch
+    # twin's: a saved file loads in either framework.
+    def __init__(self, n_actions):
+        super().__init__()
+        self.network = [
+            layer_init(Conv2d(4, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            Flatten(),
+            layer_init(nn.Linear(64 * 7 * 7, 512)),
+            nn.ReLU(),
+        ]
+        self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+    def hidden(self, x):
+        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, inside the compiled functions
+        return forward(self.network, (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1))
+
+    def get_value(self, x):
+        return self.critic(self.hidden(x)).squeeze(-1)
+
+    def get_logits(self, x):
+        return self.actor(self.hidden(x))
+
+    def get_logits_and_value(self, x):
+        hidden = self.hidden(x)
+        return self.actor(hidden), self.critic(hidden).squeeze(-1)
+
+
+def categorical_logprob_entropy(logits, action):
+    """log pi(action) and entropy of a categorical distribution given by unnormalised logits."""
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    logprob = mx.take_along_axis(logp, action[:, None], axis=-1).squeeze(-1)
+    entropy = -(mx.exp(logp) * logp).sum(-1)
+    return logprob, entropy
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+    """CleanRL's GAE over a [num_steps, num_envs] rollout (numpy). dones[t] marks that obs[t] starts a
+    new episode, so step t-1 does not bootstrap through it."""
+    advantages = np.zeros_like(rewards)
+    lastgaelam = 0.0
+    num_steps = rewards.shape[0]
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages, advantages + values
+
+
+def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss):
+    """CleanRL's PPO loss on one minibatch. Returns (loss, (pg_loss, v_loss, entropy, old_approx_kl,
+    approx_kl, clipfrac)); only `loss` is differentiated."""
+    logits, newvalue = agent.get_logits_and_value(obs)  # one CNN pass for both heads
+    newlogprob, entropy = categorical_logprob_entropy(logits, actions)
+    logratio = newlogprob - logprobs
+    ratio = mx.exp(logratio)
+
+    # KL estimators and clip fraction are diagnostics only (torch computes them under no_grad)
+    old_approx_kl = mx.stop_gradient((-logratio).mean())
+    approx_kl = mx.stop_gradient(((ratio - 1) - logratio).mean())
+    clipfrac = mx.stop_gradient((mx.abs(ratio - 1.0) > clip_coef).astype(mx.float32).mean())
+
+    if norm_adv:  # torch's .std() is the unbiased one: ddof=1
+        advantages = (advantages - advantages.mean()) / (mx.std(advantages, ddof=1) + 1e-8)
+
+    # Policy loss
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * mx.clip(ratio, 1 - clip_coef, 1 + clip_coef)
+    pg_loss = mx.maximum(pg_loss1, pg_loss2).mean()
+
+    # Value loss
+    if clip_vloss:
+        v_loss_unclipped = (newvalue - returns) ** 2
+        v_clipped = values + mx.clip(newvalue - values, -clip_coef, clip_coef)
+        v_loss_clipped = (v_clipped - returns) ** 2
+        v_loss = 0.5 * mx.maximum(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
+    return loss, (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)
+
+
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True):
+    """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    agent = Model(int(envs.single_action_space.n))
+    agent.load_weights(model_path)  # torch's layout: a file saved by either twin loads here
+    obs, _ = envs.reset()
+    episodic_returns = []
+    while len(episodic_returns) < eval_episodes:
+        actions = np.array(mx.random.categorical(agent.get_logits(mx.array(obs))))
+        obs, _, _, _, infos = envs.step(actions)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
+    envs.close()
+    return episodic_returns
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args, os.path.basename(__file__))
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+        raise SystemExit(
+            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
+            f"{envs.single_action_space}"
+        )
+
+    # TRY NOT TO MODIFY: device, seeding, logging
+    if args.device == "gpu" and not mx.is_available(mx.gpu):
+        print("ppo_atari_mlx: MLX has no GPU backend here, running on cpu")
+        args.device = "cpu"
+    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    print(f"ppo_atari_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mx.random.seed(args.seed)
+
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args) | {"framework": "mlx", "algo": "ppo_atari", "blas": BLAS},
+            name=run_name,
+            group=f"ppo_atari__{args.env_id}",
+            monitor_gym=True,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s"
+        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
+    )
+
+    agent = Agent(int(envs.single_action_space.n))
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-5, bias_correction=True)  # torch's Adam
+    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+
+    # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts);
+    # the learning rate lives in optimizer.state, so annealing it never recompiles.
+    @partial(mx.compile, inputs=[agent.state, mx.random.state], outputs=[mx.random.state])
+    def act(x):
+        logits, value = agent.get_logits_and_value(x)
+        action = mx.random.categorical(logits)
+        logprob, _ = categorical_logprob_entropy(logits, action)
+        return action, logprob, value
+
+    loss_and_grad = nn.value_and_grad(
+        agent,
+        partial(
+            ppo_loss,
+            agent,
+            clip_coef=args.clip_coef,
+            ent_coef=args.ent_coef,
+            vf_coef=args.vf_coef,
+            norm_adv=args.norm_adv,
+            clip_vloss=args.clip_vloss,
+        ),
+    )
+
+    @partial(mx.compile, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
+    def train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values):
+        # the minibatch is gathered here, from batch arrays sent to MLX once per iteration
+        (loss, stats), grads = loss_and_grad(
+            b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds]
+        )
+        grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
+        optimizer.update(agent, grads)
+        return stats
+
+    # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host; frames stay uint8)
+    obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
+    actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int32)
+    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+
+    # TRY NOT TO MODIFY: start the game
+    global_step = 0
+    start_time = time.time()
+    next_obs, _ = envs.reset(seed=args.seed)
+    envs.action_space.seed(args.seed)
+    next_done = np.zeros(args.num_envs, dtype=np.float32)
+    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    last_return = float("nan")
+    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
+
+    for iteration in range(1, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            optimizer.learning_rate = frac * args.learning_rate
+
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            dones[step] = next_done
+
+            # ALGO LOGIC: action logic (one host sync: all three results are evaluated together)
+            t0 = time.perf_counter()
+            action, logprob, value = act(mx.array(next_obs))
+            mx.eval(action, logprob, value)
+            actions[step] = action
+            logprobs[step] = logprob
+            values[step] = value
+            t1 = time.perf_counter()
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
+            next_done = np.logical_or(terminations, truncations).astype(np.float32)
+            rewards[step] = reward
+            for last_return, length in finished_episodes(infos):
+                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+                writer.add_scalar("charts/episodic_return", last_return, global_step)
+                writer.add_scalar("charts/episodic_length", length, global_step)
+            t2 = time.perf_counter()
+            inference_time += t1 - t0
+            env_time += t2 - t1
+
+        # bootstrap value if not done
+        t0 = time.perf_counter()
+        next_value = np.array(agent.get_value(mx.array(next_obs)))
+        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
+
+        # flatten the batch and send it to MLX once
+        b_obs = mx.array(obs.reshape((-1,) + envs.single_observation_space.shape))
+        b_actions = mx.array(actions.reshape(-1))
+        b_logprobs = mx.array(logprobs.reshape(-1))
+        b_advantages = mx.array(advantages.reshape(-1))
+        b_returns = mx.array(returns.reshape(-1))
+        b_values = mx.array(values.reshape(-1))
+
+        # Optimizing the policy and value network
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                mb_inds = mx.array(b_inds[start : start + args.minibatch_size])
+                stats = train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
+                mx.eval(stats, agent.state, optimizer.state)  # one sync per gradient step
+                clipfracs.append(stats[5])
+            if args.target_kl is not None and stats[4].item() > args.target_kl:
+                break
+        update_time += time.perf_counter() - t0
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes (read back once per iteration)
+        pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = (s.item() for s in stats)
+        y_pred, y_true = values.reshape(-1), returns.reshape(-1)
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        steps_since_log = args.batch_size
+        sps = int(global_step / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.learning_rate.item(), global_step)
+        writer.add_scalar("losses/value_loss", v_loss, global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss, global_step)
+        writer.add_scalar("losses/entropy", entropy_loss, global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl, global_step)
+        writer.add_scalar("losses/clipfrac", mx.stack(clipfracs).mean().item(), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
+        writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
+        writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
+        env_time = inference_time = update_time = 0.0
+        progress.update(args.batch_size)
+        progress.set_postfix(SPS=sps, ret=last_return)
+        if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+            print("SPS:", sps)
+
+    progress.close()
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
+        agent.save_weights(model_path)
+        print(f"model saved to {model_path}")
+        episodic_returns = evaluate(
+            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Agent, capture_video=args.capture_video
+        )
+        for idx, episodic_return in enumerate(episodic_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+
+    envs.close()
+    writer.close()
