@@ -12,6 +12,11 @@ BAD = [
     ("ppo", ["--total-timesteps", "0"], "must be positive"),
     ("ppo", ["--total-timesteps", "-5"], "must be positive"),
     ("ppo", ["--total-timesteps", "100"], "less than one rollout"),
+    ("ppo_continuous_action", ["--env-id", "CartPole-v1"], "only continuous action spaces"),
+    ("ppo_continuous_action", ["--env-id", "NoSuchEnv-v0"], "unknown env id"),
+    ("ppo_continuous_action", ["--num-steps", "100", "--num-minibatches", "32"], "not divisible"),
+    ("ppo_continuous_action", ["--total-timesteps", "0"], "must be positive"),
+    ("ppo_continuous_action", ["--total-timesteps", "1000"], "less than one rollout"),
 ]
 
 
