@@ -32,6 +32,11 @@ BAD = [
     ("dqn_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
     ("dqn_atari", ["--num-envs", "2"], "--num-envs must be 1"),
     ("dqn_atari", ["--learning-starts", "500", "--total-timesteps", "400"], "--learning-starts 500 must be in"),
+    ("ppo_continuous_action", ["--env-id", "CartPole-v1"], "only continuous action spaces"),
+    ("ppo_continuous_action", ["--env-id", "NoSuchEnv-v0"], "unknown env id"),
+    ("ppo_continuous_action", ["--num-steps", "100", "--num-minibatches", "32"], "not divisible"),
+    ("ppo_continuous_action", ["--total-timesteps", "0"], "must be positive"),
+    ("ppo_continuous_action", ["--total-timesteps", "1000"], "less than one rollout"),
 ]
 
 

@@ -29,7 +29,14 @@ SMOKE = {
         "1",
     ],
     "dqn_atari": ["--buffer-size", "2000", "--learning-starts", "200", "--total-timesteps", "400", "--eval-episodes", "1"],
+    "ppo_continuous_action": "--env-id Pendulum-v1 --num-steps 64 --num-minibatches 4 --total-timesteps 256 --eval-episodes 2".split(),
 }
+# Continuous-control scripts also run on a MuJoCo env (train, save, evaluate); each pair adds its line here.
+SMOKE_MUJOCO = {
+    "ppo_continuous_action": "--env-id HalfCheetah-v5 --num-steps 64 --num-minibatches 4 --total-timesteps 256 --eval-episodes 1".split(),
+}
+# Scripts that normalise observations save the statistics next to the weights (`{exp_name}.obs_rms.npz`).
+SAVES_OBS_RMS = {"ppo_continuous_action"}
 CASES = [(name, fw) for name in SMOKE for fw in ("mlx", "torch")]
 
 
@@ -53,9 +60,29 @@ def test_save_model_then_evaluate(name, framework, tmp_path):
     check_ok(proc)
     (run_dir,) = run_dirs(tmp_path)
     assert list(run_dir.glob("*.safetensors")), f"no model saved in {run_dir}"
+    if name in SAVES_OBS_RMS:
+        check_obs_rms_saved(run_dir)
     scalars = scalars_of_single_run(tmp_path)
     n_eval = int(SMOKE[name][SMOKE[name].index("--eval-episodes") + 1])
     assert len(scalars["eval/episodic_return"]) == n_eval
+
+
+def check_obs_rms_saved(run_dir):
+    (path,) = run_dir.glob("*.obs_rms.npz")
+    with np.load(path) as rms:
+        assert rms["count"] > 1 and np.all(np.isfinite(rms["mean"])) and np.all(rms["var"] > 0), dict(rms)
+
+
+@pytest.mark.parametrize("name,framework", [(name, fw) for name in SMOKE_MUJOCO for fw in ("mlx", "torch")])
+def test_mujoco_train_save_evaluate(name, framework, tmp_path):
+    proc = run_script(name, framework, *SMOKE_MUJOCO[name], "--save-model", cwd=tmp_path)
+    check_ok(proc)
+    (run_dir,) = run_dirs(tmp_path)
+    if name in SAVES_OBS_RMS:
+        check_obs_rms_saved(run_dir)
+    scalars = scalars_of_single_run(tmp_path)
+    assert "losses/value_loss" in scalars
+    assert len(scalars["eval/episodic_return"]) == int(SMOKE_MUJOCO[name][SMOKE_MUJOCO[name].index("--eval-episodes") + 1])
 
 
 def test_track_offline_writes_wandb_run(tmp_path):
