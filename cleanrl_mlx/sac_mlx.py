@@ -360,7 +360,7 @@ if __name__ == "__main__":
     envs.action_space.seed(args.seed)
     env_time = inference_time = update_time = 0.0  # seconds since the last log
     last_log_step, last_return = 0, float("nan")
-    actor_stats = (mx.array(float("nan")), mx.array(float("nan")))  # (actor_loss, alpha_loss) of the latest actor update
+    actor_stats = (mx.array(float("nan")),) * 2  # (actor_loss, alpha_loss): logged before the first actor update (policy_frequency > 100)
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
     for global_step in range(args.total_timesteps):
         # ALGO LOGIC: put action logic here

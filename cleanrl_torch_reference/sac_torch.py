@@ -1,43 +1,30 @@
-"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in MLX.
+"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in PyTorch: the reference twin
+of cleanrl_mlx/sac_mlx.py.
 
-Mirrors CleanRL's sac_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy):
-same defaults, same updates, same logged tags. PyTorch twin: cleanrl_torch_reference/sac_torch.py.
+Eager PyTorch as CleanRL's sac_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy)
+writes it: same defaults, same updates, same logged tags as the MLX script.
 
-Usage: python cleanrl_mlx/sac_mlx.py --env-id Hopper-v5
+Usage: python cleanrl_torch_reference/sac_torch.py --env-id Hopper-v5
 """
 
-import ctypes
 import math
 import os
 import random
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Optional
 
 import gymnasium as gym
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
 import tyro
+from safetensors.torch import load_file, save_file
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
-
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
-if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
-    try:
-        ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
-        BLAS = "openblas"
-    except OSError:
-        BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
-import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
-import mlx.optimizers as optim  # noqa: E402
-from mlx.utils import tree_flatten, tree_map  # noqa: E402
-
 
 @dataclass
 class Args:
@@ -45,8 +32,10 @@ class Args:
     """the name of this experiment"""
     seed: int = 1
     """seed of the experiment"""
-    device: str = "gpu"
-    """MLX device, "gpu" (Metal or CUDA) or "cpu"; falls back to cpu where MLX has no GPU backend"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanrl-mlx"
@@ -123,11 +112,11 @@ class StackedLinear(nn.Module):
     def __init__(self, n, input_dims, output_dims):
         super().__init__()
         scale = math.sqrt(1.0 / input_dims)
-        self.weight = mx.random.uniform(-scale, scale, (n, output_dims, input_dims))
-        self.bias = mx.random.uniform(-scale, scale, (n, output_dims))
+        self.weight = nn.Parameter(torch.empty(n, output_dims, input_dims).uniform_(-scale, scale))
+        self.bias = nn.Parameter(torch.empty(n, output_dims).uniform_(-scale, scale))
 
-    def __call__(self, x):  # x: (B, in) shared by all n, or (n, B, in)
-        return x @ self.weight.swapaxes(-1, -2) + self.bias[:, None, :]
+    def forward(self, x):  # x: (B, in) shared by all n, or (n, B, in)
+        return x @ self.weight.transpose(-1, -2) + self.bias[:, None, :]
 
 
 class SoftQNetwork(nn.Module):
@@ -139,10 +128,10 @@ class SoftQNetwork(nn.Module):
         self.fc2 = StackedLinear(n_critics, 256, 256)
         self.fc3 = StackedLinear(n_critics, 256, 1)
 
-    def __call__(self, x, a):
-        x = mx.concatenate([x, a], axis=1)
-        x = nn.relu(self.fc1(x))
-        x = nn.relu(self.fc2(x))
+    def forward(self, x, a):
+        x = torch.cat([x, a], 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
         return self.fc3(x).squeeze(-1)  # (n_critics, B)
 
 
@@ -157,81 +146,87 @@ class Actor(nn.Module):
         self.fc2 = nn.Linear(256, 256)
         self.fc_mean = nn.Linear(256, act_dim)
         self.fc_logstd = nn.Linear(256, act_dim)
-        # action rescaling: saved with the weights (as torch's buffers are), never trained
-        self.action_scale = mx.array((action_high - action_low) / 2.0, dtype=mx.float32)
-        self.action_bias = mx.array((action_high + action_low) / 2.0, dtype=mx.float32)
-        self.freeze(keys=["action_scale", "action_bias"], recurse=False)
+        # action rescaling
+        self.register_buffer("action_scale", torch.tensor((action_high - action_low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((action_high + action_low) / 2.0, dtype=torch.float32))
 
-    def __call__(self, x):
-        x = nn.relu(self.fc1(x))
-        x = nn.relu(self.fc2(x))
+    def forward(self, x):
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
         mean = self.fc_mean(x)
-        log_std = mx.tanh(self.fc_logstd(x))
+        log_std = torch.tanh(self.fc_logstd(x))
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)  # From SpinUp / Denis Yarats
         return mean, log_std
 
-    def get_action(self, x, eps):
-        """Sample with standard-normal noise `eps` (passed in, so tests can share it with torch)."""
+    def get_action(self, x, eps=None):
+        """Sample (reparameterised); `eps` is standard-normal noise, drawn here unless given (tests share it)."""
         mean, log_std = self(x)
-        return squashed_gaussian(mean, log_std, eps, self.action_scale, self.action_bias)
+        return squashed_gaussian(mean, log_std, torch.randn_like(mean) if eps is None else eps, self.action_scale, self.action_bias)
 
 
 def squashed_gaussian(mean, log_std, eps, action_scale, action_bias):
     """tanh-squashed Gaussian sample (reparameterised), its log-prob with the tanh/scale correction,
     and the deterministic (mean) action."""
-    x_t = mean + mx.exp(log_std) * eps
-    y_t = mx.tanh(x_t)
+    std = log_std.exp()
+    normal = torch.distributions.Normal(mean, std)
+    x_t = mean + std * eps  # normal.rsample() with the given noise
+    y_t = torch.tanh(x_t)
     action = y_t * action_scale + action_bias
-    log_prob = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(x_t)
+    log_prob = normal.log_prob(x_t)
     # Enforcing Action Bound
-    log_prob = log_prob - mx.log(action_scale * (1 - y_t**2) + 1e-6)
-    log_prob = log_prob.sum(1, keepdims=True)
-    return action, log_prob, mx.tanh(mean) * action_scale + action_bias
+    log_prob -= torch.log(action_scale * (1 - y_t.pow(2)) + 1e-6)
+    log_prob = log_prob.sum(1, keepdim=True)
+    return action, log_prob, torch.tanh(mean) * action_scale + action_bias
 
 
-def soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps):
+@torch.no_grad()
+def soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps=None):
     """r + gamma * (1 - done) * (min_i Q_i'(s', a') - alpha * log pi(a'|s')), a' ~ pi(s'); no gradient."""
     next_state_actions, next_state_log_pi, _ = actor.get_action(next_obs, eps)
     q_next = qf_target(next_obs, next_state_actions)
-    min_qf_next_target = mx.min(q_next, axis=0) - alpha * next_state_log_pi.squeeze(-1)
-    return mx.stop_gradient(rewards + (1 - dones) * gamma * min_qf_next_target)
+    min_qf_next_target = q_next.min(0).values - alpha * next_state_log_pi.squeeze(-1)
+    return rewards + (1 - dones) * gamma * min_qf_next_target
 
 
 def critic_loss(qf, obs, actions, next_q_value):
     """Sum of both critics' MSE to the shared target. Returns (qf_loss, (qf1_loss, qf2_loss, qf1_values, qf2_values))."""
     q = qf(obs, actions)
-    losses = ((q - next_q_value) ** 2).mean(axis=1)
+    losses = ((q - next_q_value) ** 2).mean(1)
     return losses.sum(), (losses[0], losses[1], q[0].mean(), q[1].mean())
 
 
-def actor_loss_fn(actor, qf, obs, alpha, eps):
+def actor_loss_fn(actor, qf, obs, alpha, eps=None):
     pi, log_pi, _ = actor.get_action(obs, eps)
-    min_qf_pi = mx.min(qf(obs, pi), axis=0)
+    min_qf_pi = qf(obs, pi).min(0).values
     return (alpha * log_pi.squeeze(-1) - min_qf_pi).mean()
 
 
 def alpha_loss_fn(log_alpha, log_pi, target_entropy):
-    return (-mx.exp(log_alpha) * (log_pi + target_entropy)).mean()
+    return (-log_alpha.exp() * (log_pi + target_entropy)).mean()
 
 
-def polyak(target_params, params, tau):
-    return tree_map(lambda t, p: tau * p + (1 - tau) * t, target_params, params)
+@torch.no_grad()
+def polyak(target, source, tau):
+    for param, target_param in zip(source.parameters(), target.parameters()):
+        target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True):
     """Roll out the saved actor's deterministic (mean) action for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     space = envs.single_action_space
-    actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high)
-    weights = mx.load(model_path)
-    actor.load_weights([(k[len("actor.") :], v) for k, v in weights.items() if k.startswith("actor.")])
+    actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high).to(device)
+    weights = load_file(model_path, device=str(device))
+    actor.load_state_dict({k[len("actor.") :]: v for k, v in weights.items() if k.startswith("actor.")})
+    actor.eval()
     obs, _ = envs.reset()
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
-        _, _, actions = actor.get_action(mx.array(obs, dtype=mx.float32), mx.zeros((obs.shape[0], actor.fc_mean.weight.shape[0])))
-        obs, _, _, _, infos = envs.step(np.array(actions))
+        with torch.no_grad():
+            _, _, actions = actor.get_action(torch.Tensor(obs).to(device))
+        obs, _, _, _, infos = envs.step(actions.cpu().numpy())
         if "final_info" in infos:
             for i in np.flatnonzero(infos["final_info"]["_episode"]):
                 episodic_return = infos["final_info"]["episode"]["r"][i]
@@ -258,14 +253,12 @@ if __name__ == "__main__":
         )
 
     # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("sac_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
-    print(f"sac_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"sac_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     random.seed(args.seed)
     np.random.seed(args.seed)
-    mx.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
 
     if args.track:
         import wandb
@@ -274,7 +267,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "mlx", "algo": "sac", "blas": BLAS},
+            config=vars(args) | {"framework": "torch", "algo": "sac"},
             name=run_name,
             group=f"sac__{args.env_id}",
             monitor_gym=True,
@@ -284,67 +277,26 @@ if __name__ == "__main__":
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
+        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
     )
 
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
-    actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high)
-    qf = SoftQNetwork(obs_dim, act_dim)  # qf1 and qf2, stacked
-    qf_target = SoftQNetwork(obs_dim, act_dim)
-    qf_target.update(qf.parameters())
-    q_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)  # torch's Adam
-    actor_optimizer = optim.Adam(learning_rate=args.policy_lr, bias_correction=True)
-    q_optimizer.init(qf.trainable_parameters())  # the compiled step captures this state, so it must exist
-    actor_optimizer.init(actor.trainable_parameters())
+    actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high).to(device)
+    qf = SoftQNetwork(obs_dim, act_dim).to(device)  # qf1 and qf2, stacked
+    qf_target = SoftQNetwork(obs_dim, act_dim).to(device)
+    qf_target.load_state_dict(qf.state_dict())
+    q_optimizer = optim.Adam(list(qf.parameters()), lr=args.q_lr)
+    actor_optimizer = optim.Adam(list(actor.parameters()), lr=args.policy_lr)
 
     # Automatic entropy tuning
-    alpha_state = {"log_alpha": mx.zeros((1,))}
-    a_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)
-    a_optimizer.init(alpha_state)
-    target_entropy = -float(act_dim)
-
-    def current_alpha():
-        return mx.exp(alpha_state["log_alpha"]) if args.autotune else args.alpha
-
-    # ALGO LOGIC: compiled hot paths, capturing the live module, optimizer and random state (no copies)
-    @partial(mx.compile, inputs=[actor.state, mx.random.state], outputs=[mx.random.state])
-    def act(x):
-        action, _, _ = actor.get_action(x, mx.random.normal((x.shape[0], act_dim)))
-        return action
-
-    critic_loss_and_grad = nn.value_and_grad(qf, partial(critic_loss, qf))
-    actor_loss_and_grad = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))
-    alpha_loss_and_grad = mx.value_and_grad(alpha_loss_fn)
-    state = [actor.state, qf.state, qf_target.state, alpha_state]
-    state += [q_optimizer.state, actor_optimizer.state, a_optimizer.state, mx.random.state]
-
-    def train_step(obs, actions, next_obs, rewards, dones, update_actor, update_target):
-        """One gradient step of CleanRL's loop body: critics; every policy_frequency steps,
-        policy_frequency actor (and alpha) updates on the same batch; the polyak update."""
-        eps = mx.random.normal((obs.shape[0], act_dim))
-        next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, current_alpha(), args.gamma, eps)
-        (qf_loss, q_stats), grads = critic_loss_and_grad(obs, actions, next_q_value)
-        q_optimizer.update(qf, grads)
-        actor_loss = alpha_loss = mx.zeros(())
-        if update_actor:
-            for _ in range(args.policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
-                actor_loss, grads = actor_loss_and_grad(obs, current_alpha(), mx.random.normal((obs.shape[0], act_dim)))
-                actor_optimizer.update(actor, grads)
-                if args.autotune:
-                    _, log_pi, _ = actor.get_action(obs, mx.random.normal((obs.shape[0], act_dim)))
-                    alpha_loss, grad = alpha_loss_and_grad(alpha_state["log_alpha"], mx.stop_gradient(log_pi), target_entropy)
-                    alpha_state.update(a_optimizer.apply_gradients({"log_alpha": grad}, alpha_state))
-        if update_target:
-            qf_target.update(polyak(qf_target.parameters(), qf.parameters(), args.tau))
-        return (qf_loss,) + q_stats + (actor_loss, alpha_loss)
-
-    # one compiled graph per (actor update?, target update?) combination, each built on first use
-    train_steps = {
-        (a, t): mx.compile(partial(train_step, update_actor=a, update_target=t), inputs=state, outputs=state)
-        for a in (False, True)
-        for t in (False, True)
-    }
+    if args.autotune:
+        target_entropy = -float(act_dim)
+        log_alpha = torch.zeros(1, requires_grad=True, device=device)
+        alpha = log_alpha.exp().item()
+        a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
+    else:
+        alpha = args.alpha
 
     # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
     rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
@@ -360,7 +312,7 @@ if __name__ == "__main__":
     envs.action_space.seed(args.seed)
     env_time = inference_time = update_time = 0.0  # seconds since the last log
     last_log_step, last_return = 0, float("nan")
-    actor_stats = (mx.array(float("nan")), mx.array(float("nan")))  # (actor_loss, alpha_loss) of the latest actor update
+    actor_loss = alpha_loss = torch.tensor(float("nan"))  # logged before the first actor update (policy_frequency > 100)
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
     for global_step in range(args.total_timesteps):
         # ALGO LOGIC: put action logic here
@@ -368,7 +320,9 @@ if __name__ == "__main__":
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
-            actions = np.array(act(mx.array(obs, dtype=mx.float32)))  # the host sync
+            with torch.no_grad():
+                actions, _, _ = actor.get_action(torch.Tensor(obs).to(device))
+            actions = actions.cpu().numpy()  # the host sync
         t1 = time.perf_counter()
 
         # TRY NOT TO MODIFY: execute the game and log data.
@@ -402,29 +356,52 @@ if __name__ == "__main__":
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
             b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
-            update_actor = global_step % args.policy_frequency == 0  # TD 3 Delayed update support
-            update_target = global_step % args.target_network_frequency == 0
-            stats = train_steps[update_actor, update_target](
-                mx.array(rb_obs[b]), mx.array(rb_actions[b]), mx.array(rb_next_obs[b]), mx.array(rb_rewards[b]), mx.array(rb_dones[b])
-            )
-            mx.eval(stats, state)  # one sync per gradient step
-            if update_actor:
-                actor_stats = stats[5:]  # as in CleanRL, the logged actor loss is the latest one computed
+            data = [torch.as_tensor(a[b], device=device) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
+            b_obs, b_actions, b_next_obs, b_rewards, b_dones = data
+            next_q_value = soft_q_target(actor, qf_target, b_next_obs, b_rewards, b_dones, alpha, args.gamma)
+            qf_loss, q_stats = critic_loss(qf, b_obs, b_actions, next_q_value)
+
+            # optimize the model
+            q_optimizer.zero_grad()
+            qf_loss.backward()
+            q_optimizer.step()
+
+            if global_step % args.policy_frequency == 0:  # TD 3 Delayed update support
+                for _ in range(args.policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
+                    actor_loss = actor_loss_fn(actor, qf, b_obs, alpha)
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    actor_optimizer.step()
+
+                    if args.autotune:
+                        with torch.no_grad():
+                            _, log_pi, _ = actor.get_action(b_obs)
+                        alpha_loss = alpha_loss_fn(log_alpha, log_pi, target_entropy)
+                        a_optimizer.zero_grad()
+                        alpha_loss.backward()
+                        a_optimizer.step()
+                        alpha = log_alpha.exp().item()
+
+            # update the target networks
+            if global_step % args.target_network_frequency == 0:
+                polyak(qf_target, qf, args.tau)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the update is only done when the device is
             update_time += time.perf_counter() - t2
 
             if global_step % 100 == 0:
-                qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in stats[:5])
+                qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in q_stats)
                 steps_since_log = (global_step - last_log_step) * args.num_envs
                 sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("losses/qf1_values", qf1_values, global_step)
                 writer.add_scalar("losses/qf2_values", qf2_values, global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss, global_step)
-                writer.add_scalar("losses/qf_loss", qf_loss / 2.0, global_step)
-                writer.add_scalar("losses/actor_loss", actor_stats[0].item(), global_step)
-                writer.add_scalar("losses/alpha", mx.exp(alpha_state["log_alpha"]).item() if args.autotune else args.alpha, global_step)
+                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
+                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                writer.add_scalar("losses/alpha", alpha, global_step)
                 if args.autotune:
-                    writer.add_scalar("losses/alpha_loss", actor_stats[1].item(), global_step)
+                    writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
                 writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
@@ -440,12 +417,12 @@ if __name__ == "__main__":
     progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        weights = {f"actor.{k}": v for k, v in tree_flatten(actor.parameters())}
-        weights |= {f"qf.{k}": v for k, v in tree_flatten(qf.parameters())}
-        mx.save_safetensors(model_path, weights)
+        weights = {f"actor.{k}": v for k, v in actor.state_dict().items()}
+        weights |= {f"qf.{k}": v for k, v in qf.state_dict().items()}
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Actor, capture_video=args.capture_video
+            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Actor, device=device, capture_video=args.capture_video
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
