@@ -253,7 +253,15 @@ if __name__ == "__main__":
 
     critic_loss_and_grad = nn.value_and_grad(qf, partial(critic_loss, qf))
     actor_loss_and_grad = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))
-    state = [actor.state, qf.state, target_actor.state, qf_target.state, q_optimizer.state, actor_optimizer.state, mx.random.state]
+    state = [
+        actor.state,
+        qf.state,
+        target_actor.state,
+        qf_target.state,
+        q_optimizer.state,
+        actor_optimizer.state,
+        mx.random.state,
+    ]
 
     def train_step(obs, actions, next_obs, rewards, dones, update_actor):
         """One gradient step of CleanRL's loop body: the critic; every policy_frequency steps, the actor
@@ -316,7 +324,11 @@ if __name__ == "__main__":
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
         idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs.reshape(args.num_envs, -1), real_next_obs.reshape(args.num_envs, -1), actions
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
+            obs.reshape(args.num_envs, -1),
+            real_next_obs.reshape(args.num_envs, -1),
+            actions,
+        )
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
         rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
         rb_pos = (rb_pos + args.num_envs) % args.buffer_size
@@ -332,7 +344,11 @@ if __name__ == "__main__":
             b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
             update_actor = global_step % args.policy_frequency == 0
             stats = train_steps[update_actor](
-                mx.array(rb_obs[b]), mx.array(rb_actions[b]), mx.array(rb_next_obs[b]), mx.array(rb_rewards[b]), mx.array(rb_dones[b])
+                mx.array(rb_obs[b]),
+                mx.array(rb_actions[b]),
+                mx.array(rb_next_obs[b]),
+                mx.array(rb_rewards[b]),
+                mx.array(rb_dones[b]),
             )
             mx.eval(stats, state)  # one sync per gradient step
             if update_actor:

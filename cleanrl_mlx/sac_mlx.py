@@ -360,7 +360,9 @@ if __name__ == "__main__":
     envs.action_space.seed(args.seed)
     env_time = inference_time = update_time = 0.0  # seconds since the last log
     last_log_step, last_return = 0, float("nan")
-    actor_stats = (mx.array(float("nan")),) * 2  # (actor_loss, alpha_loss): logged before the first actor update (policy_frequency > 100)
+    actor_stats = (
+        mx.array(float("nan")),
+    ) * 2  # (actor_loss, alpha_loss): logged before the first actor update (policy_frequency > 100)
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
     for global_step in range(args.total_timesteps):
         # ALGO LOGIC: put action logic here
@@ -388,7 +390,11 @@ if __name__ == "__main__":
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
         idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs.reshape(args.num_envs, -1), real_next_obs.reshape(args.num_envs, -1), actions
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
+            obs.reshape(args.num_envs, -1),
+            real_next_obs.reshape(args.num_envs, -1),
+            actions,
+        )
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
         rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
         rb_pos = (rb_pos + args.num_envs) % args.buffer_size
@@ -405,7 +411,11 @@ if __name__ == "__main__":
             update_actor = global_step % args.policy_frequency == 0  # TD 3 Delayed update support
             update_target = global_step % args.target_network_frequency == 0
             stats = train_steps[update_actor, update_target](
-                mx.array(rb_obs[b]), mx.array(rb_actions[b]), mx.array(rb_next_obs[b]), mx.array(rb_rewards[b]), mx.array(rb_dones[b])
+                mx.array(rb_obs[b]),
+                mx.array(rb_actions[b]),
+                mx.array(rb_next_obs[b]),
+                mx.array(rb_rewards[b]),
+                mx.array(rb_dones[b]),
             )
             mx.eval(stats, state)  # one sync per gradient step
             if update_actor:
@@ -422,7 +432,9 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/qf2_loss", qf2_loss, global_step)
                 writer.add_scalar("losses/qf_loss", qf_loss / 2.0, global_step)
                 writer.add_scalar("losses/actor_loss", actor_stats[0].item(), global_step)
-                writer.add_scalar("losses/alpha", mx.exp(alpha_state["log_alpha"]).item() if args.autotune else args.alpha, global_step)
+                writer.add_scalar(
+                    "losses/alpha", mx.exp(alpha_state["log_alpha"]).item() if args.autotune else args.alpha, global_step
+                )
                 if args.autotune:
                     writer.add_scalar("losses/alpha_loss", actor_stats[1].item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -153,7 +154,15 @@ def polyak(target, source, tau):
 
 
 def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True, exploration_noise=0.1
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    capture_video=True,
+    exploration_noise=0.1,
 ):
     """Roll out the saved actor with its exploration noise (as CleanRL's ddpg_eval) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
@@ -281,7 +290,11 @@ if __name__ == "__main__":
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
         idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs.reshape(args.num_envs, -1), real_next_obs.reshape(args.num_envs, -1), actions
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
+            obs.reshape(args.num_envs, -1),
+            real_next_obs.reshape(args.num_envs, -1),
+            actions,
+        )
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
         rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
         rb_pos = (rb_pos + args.num_envs) % args.buffer_size

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -161,7 +162,9 @@ class Actor(nn.Module):
     def get_action(self, x, eps=None):
         """Sample (reparameterised); `eps` is standard-normal noise, drawn here unless given (tests share it)."""
         mean, log_std = self(x)
-        return squashed_gaussian(mean, log_std, torch.randn_like(mean) if eps is None else eps, self.action_scale, self.action_bias)
+        return squashed_gaussian(
+            mean, log_std, torch.randn_like(mean) if eps is None else eps, self.action_scale, self.action_bias
+        )
 
 
 def squashed_gaussian(mean, log_std, eps, action_scale, action_bias):
@@ -342,7 +345,11 @@ if __name__ == "__main__":
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
         idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs.reshape(args.num_envs, -1), real_next_obs.reshape(args.num_envs, -1), actions
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
+            obs.reshape(args.num_envs, -1),
+            real_next_obs.reshape(args.num_envs, -1),
+            actions,
+        )
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
         rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
         rb_pos = (rb_pos + args.num_envs) % args.buffer_size
@@ -422,7 +429,14 @@ if __name__ == "__main__":
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Actor, device=device, capture_video=args.capture_video
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            Actor,
+            device=device,
+            capture_video=args.capture_video,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -186,7 +187,15 @@ def polyak(target, source, tau):
 
 
 def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True, exploration_noise=0.1
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    capture_video=True,
+    exploration_noise=0.1,
 ):
     """Roll out the saved actor with its exploration noise (as CleanRL's td3_eval) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
@@ -315,7 +324,11 @@ if __name__ == "__main__":
             for i in np.flatnonzero(infos["_final_obs"]):
                 real_next_obs[i] = infos["final_obs"][i]
         idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs.reshape(args.num_envs, -1), real_next_obs.reshape(args.num_envs, -1), actions
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
+            obs.reshape(args.num_envs, -1),
+            real_next_obs.reshape(args.num_envs, -1),
+            actions,
+        )
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
         rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
         rb_pos = (rb_pos + args.num_envs) % args.buffer_size
@@ -333,7 +346,17 @@ if __name__ == "__main__":
             b_obs, b_actions, b_next_obs, b_rewards, b_dones = data
             noise = torch.randn_like(b_actions, device=device)
             next_q_value = td3_target(
-                target_actor, qf_target, b_next_obs, b_rewards, b_dones, noise, args.policy_noise, args.noise_clip, low, high, args.gamma
+                target_actor,
+                qf_target,
+                b_next_obs,
+                b_rewards,
+                b_dones,
+                noise,
+                args.policy_noise,
+                args.noise_clip,
+                low,
+                high,
+                args.gamma,
             )
             qf_loss, q_stats = critic_loss(qf, b_obs, b_actions, next_q_value)
 

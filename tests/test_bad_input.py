@@ -12,6 +12,13 @@ BAD = [
     ("ppo", ["--total-timesteps", "0"], "must be positive"),
     ("ppo", ["--total-timesteps", "-5"], "must be positive"),
     ("ppo", ["--total-timesteps", "100"], "less than one rollout"),
+    ("sac", ["--env-id", "CartPole-v1"], "only continuous (Box) action spaces"),
+    ("sac", ["--env-id", "NoSuchEnv-v0"], "unknown env id"),
+    ("sac", ["--batch-size", "0"], "must be positive"),
+    ("td3", ["--env-id", "CartPole-v1"], "only continuous (Box) action spaces"),
+    ("td3", ["--learning-starts", "-1"], "must be non-negative"),
+    ("ddpg", ["--env-id", "CartPole-v1"], "only continuous (Box) action spaces"),
+    ("ddpg", ["--total-timesteps", "0"], "must be positive"),
 ]
 
 

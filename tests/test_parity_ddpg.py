@@ -20,7 +20,9 @@ def twins():
     torch.manual_seed(0)
     t = {"actor": D_TORCH.Actor(OBS_DIM, ACT_DIM, LOW, HIGH), "qf": D_TORCH.QNetwork(OBS_DIM, ACT_DIM)}
     t |= {"target_actor": D_TORCH.Actor(OBS_DIM, ACT_DIM, LOW, HIGH), "qf_target": D_TORCH.QNetwork(OBS_DIM, ACT_DIM)}
-    m = {k: getattr(D_MLX, type(v).__name__)(OBS_DIM, ACT_DIM, *((LOW, HIGH) if k.endswith("actor") else ())) for k, v in t.items()}
+    m = {
+        k: getattr(D_MLX, type(v).__name__)(OBS_DIM, ACT_DIM, *((LOW, HIGH) if k.endswith("actor") else ())) for k, v in t.items()
+    }
     for k in t:
         torch_params_to_mlx(t[k], m[k])
     return t, m
@@ -58,7 +60,9 @@ def test_target_losses_and_gradients(twins):
 
     t_loss, t_values = D_TORCH.critic_loss(t["qf"], T["obs"], T["actions"], t_y)
     t_loss.backward()
-    (m_loss, m_values), m_grads = D_MLX.nn.value_and_grad(m["qf"], lambda *x: D_MLX.critic_loss(m["qf"], *x))(M["obs"], M["actions"], m_y)
+    (m_loss, m_values), m_grads = D_MLX.nn.value_and_grad(m["qf"], lambda *x: D_MLX.critic_loss(m["qf"], *x))(
+        M["obs"], M["actions"], m_y
+    )
     assert_close(m_loss, t_loss, atol=1e-4, what="qf1_loss")
     assert_close(m_values, t_values.detach(), what="qf1_values")
     m_grads = dict(tree_flatten(m_grads))

@@ -110,6 +110,7 @@ def test_log_std_is_squashed_into_bounds(twins):
     assert m_log_std.min() >= -5 and m_log_std.max() <= 2
     assert m_log_std.min() < -4.5 and m_log_std.max() > 1.5
 
+
 def test_critic_target_and_loss_and_gradients(twins):
     t, m = twins
     b = make_batch()
@@ -126,7 +127,9 @@ def test_critic_target_and_loss_and_gradients(twins):
     t_loss, t_stats = S_TORCH.critic_loss(t["qf"], T["obs"], T["actions"], t_y)
     t["qf"].zero_grad()
     t_loss.backward()
-    (m_loss, m_stats), m_grads = S_MLX.nn.value_and_grad(m["qf"], lambda *a: S_MLX.critic_loss(m["qf"], *a))(M["obs"], M["actions"], m_y)
+    (m_loss, m_stats), m_grads = S_MLX.nn.value_and_grad(m["qf"], lambda *a: S_MLX.critic_loss(m["qf"], *a))(
+        M["obs"], M["actions"], m_y
+    )
     assert_close(m_loss, t_loss, atol=1e-4, what="qf_loss")
     for name, ms, ts in zip(["qf1_loss", "qf2_loss", "qf1_values", "qf2_values"], m_stats, t_stats):
         assert_close(ms, ts, atol=1e-4, what=name)
@@ -141,7 +144,9 @@ def test_actor_and_alpha_losses_and_gradients(twins):
     t["actor"].zero_grad()
     t["qf"].zero_grad()
     t_loss.backward()
-    m_loss, m_grads = S_MLX.nn.value_and_grad(m["actor"], lambda o, e: S_MLX.actor_loss_fn(m["actor"], m["qf"], o, 0.3, e))(M["obs"], M["eps"])
+    m_loss, m_grads = S_MLX.nn.value_and_grad(m["actor"], lambda o, e: S_MLX.actor_loss_fn(m["actor"], m["qf"], o, 0.3, e))(
+        M["obs"], M["eps"]
+    )
     assert_close(m_loss, t_loss, atol=1e-5, what="actor_loss")
     grads_match(m_grads, t["actor"])
 
@@ -194,5 +199,8 @@ def test_weights_load_across_frameworks(twins, tmp_path):
     fresh_m = S_MLX.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM))
     fresh_m.load_weights(t_path)
     x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
-    assert_close(fresh_m.get_action(mx.array(x), mx.zeros((5, ACT_DIM)))[2], fresh_t.get_action(torch.tensor(x), torch.zeros(5, ACT_DIM))[2])
+    assert_close(
+        fresh_m.get_action(mx.array(x), mx.zeros((5, ACT_DIM)))[2],
+        fresh_t.get_action(torch.tensor(x), torch.zeros(5, ACT_DIM))[2],
+    )
     assert_close(fresh_t.action_scale, (HIGH - LOW) / 2)

@@ -45,7 +45,9 @@ def test_parameter_names_match(twins):
     t, m = twins
     for k in t:
         assert sorted(k for k, _ in tree_flatten(m[k].parameters())) == sorted(t[k].state_dict())
-    assert sorted(k for k, _ in tree_flatten(m["actor"].trainable_parameters())) == sorted(n for n, _ in t["actor"].named_parameters())
+    assert sorted(k for k, _ in tree_flatten(m["actor"].trainable_parameters())) == sorted(
+        n for n, _ in t["actor"].named_parameters()
+    )
 
 
 def test_actor_and_q1(twins):
@@ -97,7 +99,9 @@ def test_critic_and_actor_losses_and_gradients(twins):
     t["actor"].zero_grad()
     t_aloss = T_TORCH.actor_loss_fn(t["actor"], t["qf"], o)
     t_aloss.backward()
-    m_aloss, m_agrads = T_MLX.nn.value_and_grad(m["actor"], lambda x: T_MLX.actor_loss_fn(m["actor"], m["qf"], x))(mx.array(b["obs"]))
+    m_aloss, m_agrads = T_MLX.nn.value_and_grad(m["actor"], lambda x: T_MLX.actor_loss_fn(m["actor"], m["qf"], x))(
+        mx.array(b["obs"])
+    )
     assert_close(m_aloss, t_aloss, what="actor_loss")
     m_agrads = dict(tree_flatten(m_agrads))
     assert sorted(m_agrads) == sorted(n for n, _ in t["actor"].named_parameters())

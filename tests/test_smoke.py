@@ -11,6 +11,16 @@ from tests.helpers import check_ok, episodic_returns, run_dirs, run_script, scal
 # Tiny-budget arguments per script; each pair adds its line here.
 SMOKE = {
     "ppo": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
+    "sac": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
+    "td3": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
+    "ddpg": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
+}
+# Extra arguments for the same-seed test, where the smoke budget finishes too few episodes.
+DETERMINISM = {"ppo": ["--total-timesteps", "8192"]}
+# The same scripts on a MuJoCo env (run once, with --save-model): each continuous-action pair adds its line.
+MUJOCO_SMOKE = {
+    name: ["--env-id", "HalfCheetah-v5", "--total-timesteps", "300", "--learning-starts", "100", "--eval-episodes", "1"]
+    for name in ("sac", "td3", "ddpg")
 }
 CASES = [(name, fw) for name in SMOKE for fw in ("mlx", "torch")]
 
@@ -34,6 +44,18 @@ def test_save_model_then_evaluate(name, framework, tmp_path):
     scalars = scalars_of_single_run(tmp_path)
     n_eval = int(SMOKE[name][SMOKE[name].index("--eval-episodes") + 1])
     assert len(scalars["eval/episodic_return"]) == n_eval
+
+
+@pytest.mark.parametrize("name,framework", [(name, fw) for name in MUJOCO_SMOKE for fw in ("mlx", "torch")])
+def test_mujoco_runs_saves_and_evaluates(name, framework, tmp_path):
+    proc = run_script(name, framework, *MUJOCO_SMOKE[name], "--save-model", cwd=tmp_path)
+    check_ok(proc)
+    (run_dir,) = run_dirs(tmp_path)
+    assert list(run_dir.glob("*.safetensors")), f"no model saved in {run_dir}"
+    scalars = scalars_of_single_run(tmp_path)
+    for tag in ("charts/SPS", "timing/update_us", "losses/qf1_loss", "losses/actor_loss"):
+        assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
+    assert len(scalars["eval/episodic_return"]) == 1
 
 
 def test_track_offline_writes_wandb_run(tmp_path):
@@ -64,7 +86,7 @@ def test_mlx_same_seed_same_run(name, tmp_path):
     returns = []
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
-        check_ok(run_script(name, "mlx", *SMOKE[name], "--total-timesteps", "8192", cwd=tmp_path / sub))
+        check_ok(run_script(name, "mlx", *SMOKE[name], *DETERMINISM.get(name, []), cwd=tmp_path / sub))
         scalars = scalars_of_single_run(tmp_path / sub)
         returns.append(episodic_returns(scalars))
         losses = {k: v for k, v in scalars.items() if k.startswith("losses/")}
