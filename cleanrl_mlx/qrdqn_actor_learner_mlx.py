@@ -144,7 +144,9 @@ def check_args(args: Args, script: str) -> None:
     if args.learning_starts < args.batch_size:
         raise SystemExit(f"{script}: --learning-starts {args.learning_starts} is less than one batch ({args.batch_size})")
     if args.learning_starts >= args.total_timesteps:
-        raise SystemExit(f"{script}: --learning-starts {args.learning_starts} leaves no steps to learn from (total {args.total_timesteps})")
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} leaves no steps to learn from (total {args.total_timesteps})"
+        )
     if args.buffer_size < args.learning_starts:
         raise SystemExit(f"{script}: --buffer-size {args.buffer_size} cannot hold --learning-starts {args.learning_starts} steps")
 
@@ -232,7 +234,10 @@ class Channels:
     def _make_views(self):
         shape = (self.n_rings, self.ring_chunks, self.chunk_length)
         dtypes = {"actions": np.int64, "seqs": np.int64}
-        self.ring = {k: np.frombuffer(v, dtype=dtypes.get(k, np.float32)).reshape(shape + ((self.obs_dim,) if "obs" in k else ())) for k, v in self.raw.items()}
+        self.ring = {
+            k: np.frombuffer(v, dtype=dtypes.get(k, np.float32)).reshape(shape + ((self.obs_dim,) if "obs" in k else ()))
+            for k, v in self.raw.items()
+        }
         self.weights = np.frombuffer(self.raw_weights, dtype=np.float32)
 
     def __getstate__(self):
@@ -288,7 +293,10 @@ class Actor:
             if self.seq % self.args.sync_interval == 0 and ch.version.value != self.version:
                 self.version = ch.read_weights(self.policy.flat)  # reload only when the version changed
             epsilon = linear_schedule(
-                self.args.start_e, self.final_epsilon, self.args.exploration_fraction * self.args.total_timesteps, ch.global_step.value
+                self.args.start_e,
+                self.final_epsilon,
+                self.args.exploration_fraction * self.args.total_timesteps,
+                ch.global_step.value,
             )
             if self.rng.random() < epsilon:
                 action = int(self.rng.integers(self.n_actions))
@@ -373,7 +381,9 @@ class ActorPool:
         self.shapes = q_network_shapes(obs_dim, n_actions, args.n_quantiles)
         n_rings = max(args.num_actors, 1)
         self.ctx = mp.get_context("spawn")  # fork after MLX or torch has started threads is unsafe (macOS)
-        self.ch = Channels(self.ctx, n_rings, args.ring_chunks, args.chunk_length, obs_dim, sum(int(np.prod(s)) for s in self.shapes))
+        self.ch = Channels(
+            self.ctx, n_rings, args.ring_chunks, args.chunk_length, obs_dim, sum(int(np.prod(s)) for s in self.shapes)
+        )
         self.epsilons = actor_epsilons(args.num_actors, args.apex_epsilon, args.apex_alpha, args.end_e)
         self.next_seq = np.zeros(n_rings, dtype=np.int64)
         self.chunks_received = np.zeros(n_rings, dtype=np.int64)
@@ -610,7 +620,9 @@ if __name__ == "__main__":
     # ALGO LOGIC: compiled hot paths over the live modules (no copies, no state dicts)
     loss_and_grad = nn.value_and_grad(q_network, partial(qrdqn_loss, q_network))
 
-    @partial(mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state])
+    @partial(
+        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
+    )
     def train_step(obs, actions, rewards, next_obs, terminations):
         target = mx.stop_gradient(qrdqn_target(target_network(next_obs), rewards, terminations, args.gamma))
         (loss, q_values), grads = loss_and_grad(obs, actions, target)
@@ -620,7 +632,9 @@ if __name__ == "__main__":
 
     @partial(mx.compile, inputs=[q_network.state, target_network.state], outputs=[target_network.state])
     def update_target():
-        target_network.update(tree_map(lambda q, t: args.tau * q + (1.0 - args.tau) * t, q_network.parameters(), target_network.parameters()))
+        target_network.update(
+            tree_map(lambda q, t: args.tau * q + (1.0 - args.tau) * t, q_network.parameters(), target_network.parameters())
+        )
 
     @partial(mx.compile, inputs=[q_network.state])
     def flat_parameters():  # the layout of q_network_shapes: (weight, bias) per Linear
@@ -664,7 +678,9 @@ if __name__ == "__main__":
             # ALGO LOGIC: training (one host sync per gradient step)
             t0 = time.perf_counter()
             b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
-            loss, q_values = train_step(mx.array(b_obs), mx.array(b_actions), mx.array(b_rewards), mx.array(b_next_obs), mx.array(b_terminations))
+            loss, q_values = train_step(
+                mx.array(b_obs), mx.array(b_actions), mx.array(b_rewards), mx.array(b_next_obs), mx.array(b_terminations)
+            )
             mx.eval(loss, q_values, q_network.state, optimizer.state)
             updates += 1
             if updates % args.target_network_frequency == 0:

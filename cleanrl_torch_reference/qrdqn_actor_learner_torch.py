@@ -134,7 +134,9 @@ def check_args(args: Args, script: str) -> None:
     if args.learning_starts < args.batch_size:
         raise SystemExit(f"{script}: --learning-starts {args.learning_starts} is less than one batch ({args.batch_size})")
     if args.learning_starts >= args.total_timesteps:
-        raise SystemExit(f"{script}: --learning-starts {args.learning_starts} leaves no steps to learn from (total {args.total_timesteps})")
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} leaves no steps to learn from (total {args.total_timesteps})"
+        )
     if args.buffer_size < args.learning_starts:
         raise SystemExit(f"{script}: --buffer-size {args.buffer_size} cannot hold --learning-starts {args.learning_starts} steps")
 
@@ -222,7 +224,10 @@ class Channels:
     def _make_views(self):
         shape = (self.n_rings, self.ring_chunks, self.chunk_length)
         dtypes = {"actions": np.int64, "seqs": np.int64}
-        self.ring = {k: np.frombuffer(v, dtype=dtypes.get(k, np.float32)).reshape(shape + ((self.obs_dim,) if "obs" in k else ())) for k, v in self.raw.items()}
+        self.ring = {
+            k: np.frombuffer(v, dtype=dtypes.get(k, np.float32)).reshape(shape + ((self.obs_dim,) if "obs" in k else ()))
+            for k, v in self.raw.items()
+        }
         self.weights = np.frombuffer(self.raw_weights, dtype=np.float32)
 
     def __getstate__(self):
@@ -278,7 +283,10 @@ class Actor:
             if self.seq % self.args.sync_interval == 0 and ch.version.value != self.version:
                 self.version = ch.read_weights(self.policy.flat)  # reload only when the version changed
             epsilon = linear_schedule(
-                self.args.start_e, self.final_epsilon, self.args.exploration_fraction * self.args.total_timesteps, ch.global_step.value
+                self.args.start_e,
+                self.final_epsilon,
+                self.args.exploration_fraction * self.args.total_timesteps,
+                ch.global_step.value,
             )
             if self.rng.random() < epsilon:
                 action = int(self.rng.integers(self.n_actions))
@@ -363,7 +371,9 @@ class ActorPool:
         self.shapes = q_network_shapes(obs_dim, n_actions, args.n_quantiles)
         n_rings = max(args.num_actors, 1)
         self.ctx = mp.get_context("spawn")  # fork after MLX or torch has started threads is unsafe (macOS)
-        self.ch = Channels(self.ctx, n_rings, args.ring_chunks, args.chunk_length, obs_dim, sum(int(np.prod(s)) for s in self.shapes))
+        self.ch = Channels(
+            self.ctx, n_rings, args.ring_chunks, args.chunk_length, obs_dim, sum(int(np.prod(s)) for s in self.shapes)
+        )
         self.epsilons = actor_epsilons(args.num_actors, args.apex_epsilon, args.apex_alpha, args.end_e)
         self.next_seq = np.zeros(n_rings, dtype=np.int64)
         self.chunks_received = np.zeros(n_rings, dtype=np.int64)
@@ -519,7 +529,9 @@ def qrdqn_loss(q_network, obs, actions, target_quantiles):
     return quantile_huber_loss(current, target_quantiles), current.detach().mean()
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, n_quantiles, device="cpu", epsilon=0.04, capture_video=True):
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, n_quantiles, device="cpu", epsilon=0.04, capture_video=True
+):
     """Roll out a saved Q-network epsilon-greedily for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -632,7 +644,9 @@ if __name__ == "__main__":
 
             # ALGO LOGIC: training
             t0 = time.perf_counter()
-            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size))
+            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (
+                torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)
+            )
             with torch.no_grad():
                 target = qrdqn_target(target_network(b_next_obs), b_rewards, b_terminations, args.gamma)
             loss, q_values = qrdqn_loss(q_network, b_obs, b_actions, target)
@@ -647,7 +661,9 @@ if __name__ == "__main__":
             # update target network
             if updates % args.target_network_frequency == 0:
                 for target_network_param, q_network_param in zip(target_network.parameters(), q_network.parameters()):
-                    target_network_param.data.copy_(args.tau * q_network_param.data + (1.0 - args.tau) * target_network_param.data)
+                    target_network_param.data.copy_(
+                        args.tau * q_network_param.data + (1.0 - args.tau) * target_network_param.data
+                    )
             if updates % args.publish_interval == 0:
                 pool.publish(flat_parameters())
             if device.type == "cuda":

@@ -37,6 +37,13 @@ BAD = [
     ("ppo_continuous_action", ["--num-steps", "100", "--num-minibatches", "32"], "not divisible"),
     ("ppo_continuous_action", ["--total-timesteps", "0"], "must be positive"),
     ("ppo_continuous_action", ["--total-timesteps", "1000"], "less than one rollout"),
+    ("sac", ["--env-id", "CartPole-v1"], "only continuous (Box) action spaces"),
+    ("sac", ["--env-id", "NoSuchEnv-v0"], "unknown env id"),
+    ("sac", ["--batch-size", "0"], "must be positive"),
+    ("td3", ["--env-id", "CartPole-v1"], "only continuous (Box) action spaces"),
+    ("td3", ["--learning-starts", "-1"], "must be non-negative"),
+    ("ddpg", ["--env-id", "CartPole-v1"], "only continuous (Box) action spaces"),
+    ("ddpg", ["--total-timesteps", "0"], "must be positive"),
 ]
 
 

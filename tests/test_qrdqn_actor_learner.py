@@ -86,9 +86,13 @@ def test_targets_loss_and_gradients_match_twin(twins):
         t_target_q = T.qrdqn_target(t_target(torch.tensor(next_obs)), torch.tensor(rewards), torch.tensor(terminations), 0.99)
     assert_close(m_target_q, t_target_q, what="target quantiles")
     # terminated transitions do not bootstrap
-    np.testing.assert_allclose(np.array(m_target_q)[terminations == 1], np.repeat(rewards[terminations == 1, None], N_QUANTILES, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        np.array(m_target_q)[terminations == 1], np.repeat(rewards[terminations == 1, None], N_QUANTILES, 1), atol=1e-6
+    )
 
-    (m_loss, m_q), m_grads = nn.value_and_grad(m_net, lambda *a: M.qrdqn_loss(m_net, *a))(mx.array(obs), mx.array(actions), m_target_q)
+    (m_loss, m_q), m_grads = nn.value_and_grad(m_net, lambda *a: M.qrdqn_loss(m_net, *a))(
+        mx.array(obs), mx.array(actions), m_target_q
+    )
     t_loss, t_q = T.qrdqn_loss(t_net, torch.tensor(obs), torch.tensor(actions), t_target_q)
     t_loss.backward()
     assert_close(m_loss, t_loss, what="loss")

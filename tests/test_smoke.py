@@ -30,10 +30,17 @@ SMOKE = {
     ],
     "dqn_atari": ["--buffer-size", "2000", "--learning-starts", "200", "--total-timesteps", "400", "--eval-episodes", "1"],
     "ppo_continuous_action": "--env-id Pendulum-v1 --num-steps 64 --num-minibatches 4 --total-timesteps 256 --eval-episodes 2".split(),
+    "sac": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
+    "td3": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
+    "ddpg": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
 }
 # Continuous-control scripts also run on a MuJoCo env (train, save, evaluate); each pair adds its line here.
 SMOKE_MUJOCO = {
     "ppo_continuous_action": "--env-id HalfCheetah-v5 --num-steps 64 --num-minibatches 4 --total-timesteps 256 --eval-episodes 1".split(),
+    **{
+        name: ["--env-id", "HalfCheetah-v5", "--total-timesteps", "300", "--learning-starts", "100", "--eval-episodes", "1"]
+        for name in ("sac", "td3", "ddpg")
+    },
 }
 # Scripts that normalise observations save the statistics next to the weights (`{exp_name}.obs_rms.npz`).
 SAVES_OBS_RMS = {"ppo_continuous_action"}
@@ -80,8 +87,10 @@ def test_mujoco_train_save_evaluate(name, framework, tmp_path):
     (run_dir,) = run_dirs(tmp_path)
     if name in SAVES_OBS_RMS:
         check_obs_rms_saved(run_dir)
+    assert list(run_dir.glob("*.safetensors")), f"no model saved in {run_dir}"
     scalars = scalars_of_single_run(tmp_path)
-    assert "losses/value_loss" in scalars
+    for tag in ("charts/SPS", "timing/update_us"):
+        assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
     assert len(scalars["eval/episodic_return"]) == int(SMOKE_MUJOCO[name][SMOKE_MUJOCO[name].index("--eval-episodes") + 1])
 
 
@@ -90,7 +99,6 @@ def test_track_offline_writes_wandb_run(tmp_path):
     check_ok(proc)
     offline_runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1, list((tmp_path / "wandb").glob("*"))
-    # the run's history (.wandb file) holds the synced TensorBoard metrics
     # the run's record (.wandb) holds the config (framework split) and the synced TensorBoard metrics
     (record,) = offline_runs[0].glob("*.wandb")
     data = record.read_bytes()
@@ -108,9 +116,9 @@ def test_bundled_blas_opt_out(tmp_path):
     assert "BLAS bundled" not in default.stdout or "not found" in default.stdout
 
 
-# Arguments added to the smoke ones for the same-seed test (a budget long enough to finish episodes);
-# the Atari scripts are left out: two more runs long enough to end a game cost too much CI time.
-SAME_SEED = {name: ["--total-timesteps", "8192"] for name in SMOKE if "atari" not in name}
+# Same-seed test: the smoke arguments plus these (PPO's smoke budget is a handful of updates). The
+# Atari scripts are left out: two more runs long enough to end a game cost too much CI time.
+SAME_SEED = {name: {"ppo": ["--total-timesteps", "8192"]}.get(name, []) for name in SMOKE if "atari" not in name}
 
 
 @pytest.mark.parametrize("name", list(SAME_SEED))

@@ -1,0 +1,375 @@
+"""DDPG (Deep Deterministic Policy Gradient) for continuous actions (MuJoCo, classic control) in PyTorch: the reference
+twin of cleanrl_mlx/ddpg_mlx.py.
+
+Eager PyTorch as CleanRL's ddpg_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/ddpg/#ddpg_continuous_actionpy)
+writes it: same defaults, same updates, same logged tags as the MLX script.
+
+Usage: python cleanrl_torch_reference/ddpg_torch.py --env-id Hopper-v5
+"""
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+import tyro
+from safetensors.torch import load_file, save_file
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanrl-mlx"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save model into the `runs/{run_name}` folder, then evaluate it"""
+    eval_episodes: int = 10
+    """the number of episodes to evaluate the saved model on"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v5"
+    """the id of the environment"""
+    total_timesteps: int = 1000000
+    """total timesteps of the experiments"""
+    learning_rate: float = 3e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    buffer_size: int = int(1e6)
+    """the replay memory buffer size"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient (default: 0.005)"""
+    batch_size: int = 256
+    """the batch size of sample from the reply memory"""
+    exploration_noise: float = 0.1
+    """the scale of exploration noise"""
+    learning_starts: int = 25000
+    """timestep to start learning"""
+    policy_frequency: int = 2
+    """the frequency of training policy (delayed)"""
+
+
+def check_args(args: Args, script: str) -> None:
+    """Reject bad input with one clear line before anything is created."""
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.learning_starts < 0:
+        raise SystemExit(f"{script}: --learning-starts must be non-negative, got {args.learning_starts}")
+
+
+def make_env(env_id, idx, capture_video, run_name):
+    def thunk():
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        return env
+
+    return thunk
+
+
+# ALGO LOGIC: initialize agent here:
+class QNetwork(nn.Module):
+    def __init__(self, obs_dim, act_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(obs_dim + act_dim, 256)
+        self.fc2 = nn.Linear(256, 256)
+        self.fc3 = nn.Linear(256, 1)
+
+    def forward(self, x, a):
+        x = torch.cat([x, a], 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x).squeeze(-1)
+
+
+class Actor(nn.Module):
+    def __init__(self, obs_dim, act_dim, action_low, action_high):
+        super().__init__()
+        self.fc1 = nn.Linear(obs_dim, 256)
+        self.fc2 = nn.Linear(256, 256)
+        self.fc_mu = nn.Linear(256, act_dim)
+        # action rescaling
+        self.register_buffer("action_scale", torch.tensor((action_high - action_low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.tensor((action_high + action_low) / 2.0, dtype=torch.float32))
+
+    def forward(self, x):
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = torch.tanh(self.fc_mu(x))
+        return x * self.action_scale + self.action_bias
+
+
+@torch.no_grad()
+def ddpg_target(target_actor, qf_target, next_obs, rewards, dones, gamma):
+    """r + gamma * (1 - done) * Q'(s', mu'(s')); no gradient."""
+    qf1_next_target = qf_target(next_obs, target_actor(next_obs))
+    return rewards + (1 - dones) * gamma * qf1_next_target
+
+
+def critic_loss(qf, obs, actions, next_q_value):
+    """MSE to the target. Returns (qf1_loss, qf1_values)."""
+    qf1_a_values = qf(obs, actions)
+    qf1_loss = F.mse_loss(qf1_a_values, next_q_value)
+    return qf1_loss, qf1_a_values.mean()
+
+
+def actor_loss_fn(actor, qf, obs):
+    return -qf(obs, actor(obs)).mean()
+
+
+def polyak(target, source, tau):
+    for param, target_param in zip(source.parameters(), target.parameters()):
+        target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    capture_video=True,
+    exploration_noise=0.1,
+):
+    """Roll out the saved actor with its exploration noise (as CleanRL's ddpg_eval) for `eval_episodes` episodes."""
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
+    space = envs.single_action_space
+    actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high).to(device)
+    weights = load_file(model_path, device=str(device))
+    actor.load_state_dict({k[len("actor.") :]: v for k, v in weights.items() if k.startswith("actor.")})
+    actor.eval()
+    obs, _ = envs.reset()
+    episodic_returns = []
+    while len(episodic_returns) < eval_episodes:
+        with torch.no_grad():
+            actions = actor(torch.Tensor(obs).to(device))
+            actions += torch.normal(0, actor.action_scale * exploration_noise)
+        obs, _, _, _, infos = envs.step(actions.cpu().numpy().clip(space.low, space.high))
+        if "final_info" in infos:
+            for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                episodic_return = infos["final_info"]["episode"]["r"][i]
+                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+                episodic_returns.append(episodic_return)
+    envs.close()
+    return episodic_returns
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    check_args(args, os.path.basename(__file__))
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    if not isinstance(envs.single_action_space, gym.spaces.Box):
+        raise SystemExit(
+            f"{os.path.basename(__file__)}: only continuous (Box) action spaces are supported; {args.env_id} has "
+            f"{envs.single_action_space}"
+        )
+
+    # TRY NOT TO MODIFY: device, seeding, logging
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"ddpg_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args) | {"framework": "torch", "algo": "ddpg"},
+            name=run_name,
+            group=f"ddpg__{args.env_id}",
+            monitor_gym=True,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s"
+        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
+    )
+
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    act_dim = int(np.prod(envs.single_action_space.shape))
+    actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high).to(device)
+    qf = QNetwork(obs_dim, act_dim).to(device)
+    target_actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high).to(device)
+    qf_target = QNetwork(obs_dim, act_dim).to(device)
+    target_actor.load_state_dict(actor.state_dict())
+    qf_target.load_state_dict(qf.state_dict())
+    q_optimizer = optim.Adam(list(qf.parameters()), lr=args.learning_rate)
+    actor_optimizer = optim.Adam(list(actor.parameters()), lr=args.learning_rate)
+
+    # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
+    rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
+    rb_next_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
+    rb_actions = np.zeros((args.buffer_size, act_dim), dtype=np.float32)
+    rb_rewards = np.zeros(args.buffer_size, dtype=np.float32)
+    rb_dones = np.zeros(args.buffer_size, dtype=np.float32)  # terminations only: truncation bootstraps
+    rb_pos, rb_full = 0, False
+
+    # TRY NOT TO MODIFY: start the game
+    start_time = time.time()
+    obs, _ = envs.reset(seed=args.seed)
+    envs.action_space.seed(args.seed)
+    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    last_log_step, last_return = 0, float("nan")
+    actor_loss = torch.tensor(float("nan"))  # logged before the first actor update (policy_frequency > 100)
+    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
+    for global_step in range(args.total_timesteps):
+        # ALGO LOGIC: put action logic here
+        t0 = time.perf_counter()
+        if global_step < args.learning_starts:
+            actions = envs.action_space.sample()
+        else:
+            with torch.no_grad():
+                actions = actor(torch.Tensor(obs).to(device))
+                actions += torch.normal(0, actor.action_scale * args.exploration_noise)
+            actions = actions.cpu().numpy()  # the host sync
+            actions = actions.clip(envs.single_action_space.low, envs.single_action_space.high)
+        t1 = time.perf_counter()
+
+        # TRY NOT TO MODIFY: execute the game and log data.
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        if "final_info" in infos:
+            for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                last_return = float(infos["final_info"]["episode"]["r"][i])
+                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+                writer.add_scalar("charts/episodic_return", last_return, global_step)
+                writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+
+        # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
+        real_next_obs = next_obs.copy()
+        if "final_obs" in infos:
+            for i in np.flatnonzero(infos["_final_obs"]):
+                real_next_obs[i] = infos["final_obs"][i]
+        idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
+            obs.reshape(args.num_envs, -1),
+            real_next_obs.reshape(args.num_envs, -1),
+            actions,
+        )
+        rb_rewards[idx], rb_dones[idx] = rewards, terminations
+        rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
+        rb_pos = (rb_pos + args.num_envs) % args.buffer_size
+
+        # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
+        obs = next_obs
+        t2 = time.perf_counter()
+        inference_time += t1 - t0
+        env_time += t2 - t1
+
+        # ALGO LOGIC: training.
+        if global_step > args.learning_starts:
+            b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
+            data = [torch.as_tensor(a[b], device=device) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
+            b_obs, b_actions, b_next_obs, b_rewards, b_dones = data
+            next_q_value = ddpg_target(target_actor, qf_target, b_next_obs, b_rewards, b_dones, args.gamma)
+            qf1_loss, qf1_values = critic_loss(qf, b_obs, b_actions, next_q_value)
+
+            # optimize the model
+            q_optimizer.zero_grad()
+            qf1_loss.backward()
+            q_optimizer.step()
+
+            if global_step % args.policy_frequency == 0:
+                actor_loss = actor_loss_fn(actor, qf, b_obs)
+                actor_optimizer.zero_grad()
+                actor_loss.backward()
+                actor_optimizer.step()
+
+                # update the target network
+                polyak(target_actor, actor, args.tau)
+                polyak(qf_target, qf, args.tau)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the update is only done when the device is
+            update_time += time.perf_counter() - t2
+
+            if global_step % 100 == 0:
+                qf1_loss, qf1_values = qf1_loss.item(), qf1_values.item()
+                steps_since_log = (global_step - last_log_step) * args.num_envs
+                sps = int(global_step / (time.time() - start_time))
+                writer.add_scalar("losses/qf1_values", qf1_values, global_step)
+                writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
+                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
+                writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
+                writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
+                env_time = inference_time = update_time = 0.0
+                last_log_step = global_step
+                progress.set_postfix(SPS=sps, ret=last_return)
+                if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+                    print("SPS:", sps)
+        if global_step % 100 == 0:
+            progress.update(global_step - progress.n)
+
+    progress.close()
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
+        weights = {f"actor.{k}": v for k, v in actor.state_dict().items()}
+        weights |= {f"qf.{k}": v for k, v in qf.state_dict().items()}
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, model_path)
+        print(f"model saved to {model_path}")
+        episodic_returns = evaluate(
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            Actor,
+            device=device,
+            capture_video=args.capture_video,
+            exploration_noise=args.exploration_noise,
+        )
+        for idx, episodic_return in enumerate(episodic_returns):
+            writer.add_scalar("eval/episodic_return", episodic_return, idx)
+
+    envs.close()
+    writer.close()

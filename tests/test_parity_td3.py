@@ -1,0 +1,134 @@
+"""td3_mlx vs td3_torch: same weights, batch and noise give the same actions, smoothed clipped-double-Q
+targets, critic and actor losses and gradients, and polyak update; saved weights load across twins."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from mlx.utils import tree_flatten
+
+from tests.helpers import assert_close, load_script, torch_params_to_mlx
+
+T_MLX = load_script("td3", "mlx")
+T_TORCH = load_script("td3", "torch")
+OBS_DIM, ACT_DIM, B = 5, 3, 64
+LOW, HIGH = np.full(ACT_DIM, -2.0, dtype=np.float32), np.full(ACT_DIM, 2.0, dtype=np.float32)
+
+
+@pytest.fixture
+def twins():
+    torch.manual_seed(0)
+    t = {"actor": T_TORCH.Actor(OBS_DIM, ACT_DIM, LOW, HIGH), "qf": T_TORCH.QNetwork(OBS_DIM, ACT_DIM)}
+    t |= {"target_actor": T_TORCH.Actor(OBS_DIM, ACT_DIM, LOW, HIGH), "qf_target": T_TORCH.QNetwork(OBS_DIM, ACT_DIM)}
+    m = {"actor": T_MLX.Actor(OBS_DIM, ACT_DIM, LOW, HIGH), "qf": T_MLX.QNetwork(OBS_DIM, ACT_DIM)}
+    m |= {"target_actor": T_MLX.Actor(OBS_DIM, ACT_DIM, LOW, HIGH), "qf_target": T_MLX.QNetwork(OBS_DIM, ACT_DIM)}
+    with torch.no_grad():  # target actions near the bounds, so the action clamp matters
+        t["target_actor"].fc_mu.weight.normal_(0, 1.0)
+    for k in t:
+        torch_params_to_mlx(t[k], m[k])
+    return t, m
+
+
+def make_batch(seed=1):
+    rng = np.random.default_rng(seed)
+    return {
+        "obs": rng.normal(size=(B, OBS_DIM)).astype(np.float32),
+        "actions": rng.uniform(LOW, HIGH, size=(B, ACT_DIM)).astype(np.float32),
+        "next_obs": rng.normal(size=(B, OBS_DIM)).astype(np.float32),
+        "rewards": rng.normal(size=B).astype(np.float32),
+        "dones": (rng.random(B) < 0.3).astype(np.float32),
+        "noise": (2 * rng.normal(size=(B, ACT_DIM))).astype(np.float32),  # wide, so noise_clip matters
+    }
+
+
+def test_parameter_names_match(twins):
+    t, m = twins
+    for k in t:
+        assert sorted(k for k, _ in tree_flatten(m[k].parameters())) == sorted(t[k].state_dict())
+    assert sorted(k for k, _ in tree_flatten(m["actor"].trainable_parameters())) == sorted(
+        n for n, _ in t["actor"].named_parameters()
+    )
+
+
+def test_actor_and_q1(twins):
+    t, m = twins
+    b = make_batch()
+    assert_close(m["actor"](mx.array(b["obs"])), t["actor"](torch.tensor(b["obs"])).detach(), what="actor")
+    o, a = torch.tensor(b["obs"]), torch.tensor(b["actions"])
+    assert_close(m["qf"].q1(mx.array(b["obs"]), mx.array(b["actions"])), t["qf"].q1(o, a).detach(), what="q1")
+    assert_close(t["qf"].q1(o, a).detach(), t["qf"](o, a)[0].detach(), what="q1 is critic 0 of the stack")
+
+
+def test_target_with_shared_noise(twins):
+    t, m = twins
+    b = make_batch()
+    args = (0.2, 0.5, -2.0, 2.0, 0.99)
+    T_ = {k: torch.tensor(v) for k, v in b.items()}
+    M_ = {k: mx.array(v) for k, v in b.items()}
+    t_y = T_TORCH.td3_target(t["target_actor"], t["qf_target"], T_["next_obs"], T_["rewards"], T_["dones"], T_["noise"], *args)
+    m_y = T_MLX.td3_target(m["target_actor"], m["qf_target"], M_["next_obs"], M_["rewards"], M_["dones"], M_["noise"], *args)
+    assert_close(m_y, t_y, what="td3 target")
+    # independent numpy form of target policy smoothing and clipped double Q
+    with torch.no_grad():
+        mu = t["target_actor"](T_["next_obs"]).numpy()
+    a2 = np.clip(mu + np.clip(0.2 * b["noise"], -0.5, 0.5) * 2.0, -2.0, 2.0)
+    assert (np.abs(0.2 * b["noise"]) > 0.5).any() and (np.abs(mu + np.clip(0.2 * b["noise"], -0.5, 0.5) * 2.0) > 2).any()
+    with torch.no_grad():
+        q = t["qf_target"](T_["next_obs"], torch.tensor(a2, dtype=torch.float32)).numpy()
+    ref = b["rewards"] + (1 - b["dones"]) * 0.99 * q.min(0)
+    np.testing.assert_allclose(np.asarray(m_y), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_critic_and_actor_losses_and_gradients(twins):
+    t, m = twins
+    b = make_batch()
+    o, a, y = (torch.tensor(b[k]) for k in ("obs", "actions", "rewards"))
+    t_loss, t_stats = T_TORCH.critic_loss(t["qf"], o, a, y)
+    t["qf"].zero_grad()
+    t_loss.backward()
+    (m_loss, m_stats), m_grads = T_MLX.nn.value_and_grad(m["qf"], lambda *x: T_MLX.critic_loss(m["qf"], *x))(
+        mx.array(b["obs"]), mx.array(b["actions"]), mx.array(b["rewards"])
+    )
+    assert_close(m_loss, t_loss, atol=1e-4, what="qf_loss")
+    for name, ms, ts in zip(["qf1_loss", "qf2_loss", "qf1_values", "qf2_values"], m_stats, t_stats):
+        assert_close(ms, ts, atol=1e-4, what=name)
+    m_grads = dict(tree_flatten(m_grads))
+    for name, p in t["qf"].named_parameters():
+        assert_close(m_grads[name], p.grad, atol=1e-5, rtol=1e-4, what=f"critic grad {name}")
+
+    t["actor"].zero_grad()
+    t_aloss = T_TORCH.actor_loss_fn(t["actor"], t["qf"], o)
+    t_aloss.backward()
+    m_aloss, m_agrads = T_MLX.nn.value_and_grad(m["actor"], lambda x: T_MLX.actor_loss_fn(m["actor"], m["qf"], x))(
+        mx.array(b["obs"])
+    )
+    assert_close(m_aloss, t_aloss, what="actor_loss")
+    m_agrads = dict(tree_flatten(m_agrads))
+    assert sorted(m_agrads) == sorted(n for n, _ in t["actor"].named_parameters())
+    for name, p in t["actor"].named_parameters():
+        assert_close(m_agrads[name], p.grad, atol=1e-5, rtol=1e-4, what=f"actor grad {name}")
+
+
+def test_polyak_update(twins):
+    t, m = twins
+    T_TORCH.polyak(t["target_actor"], t["actor"], 0.005)
+    m["target_actor"].update(T_MLX.polyak(m["target_actor"].trainable_parameters(), m["actor"].trainable_parameters(), 0.005))
+    params = dict(tree_flatten(m["target_actor"].parameters()))
+    for name, p in t["target_actor"].state_dict().items():
+        assert_close(params[name], p, atol=1e-6, what=f"target_actor.{name}")
+
+
+def test_weights_load_across_frameworks(twins, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    t, m = twins
+    m_path = str(tmp_path / "m.safetensors")
+    m["actor"].save_weights(m_path)
+    fresh_t = T_TORCH.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM))
+    fresh_t.load_state_dict(load_file(m_path))
+    t_path = str(tmp_path / "t.safetensors")
+    save_file({k: v.contiguous() for k, v in t["actor"].state_dict().items()}, t_path)
+    fresh_m = T_MLX.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM))
+    fresh_m.load_weights(t_path)
+    x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
+    assert_close(fresh_m(mx.array(x)), fresh_t(torch.tensor(x)).detach())
