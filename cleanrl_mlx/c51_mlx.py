@@ -101,7 +101,9 @@ def check_args(args: Args, script: str) -> None:
         if getattr(args, name) <= 0:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_envs != 1:
-        raise SystemExit(f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}")
+        raise SystemExit(
+            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+        )
     if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
@@ -150,6 +152,53 @@ class QNetwork(nn.Module):
         return action, mx.softmax(mx.take_along_axis(logits, action[:, None, None], axis=1).squeeze(1), axis=1)
 
 
+class ReplayBuffer:
+    """Preallocated numpy ring buffer. `dones` holds terminations only (a truncated episode still
+    bootstraps from its true final observation); sampling is one vectorised gather from numpy's
+    global RNG, so twins with the same seed draw the same indices."""
+
+    def __init__(self, buffer_size, obs_shape, obs_dtype=np.float32):
+        self.buffer_size, self.pos, self.full = buffer_size, 0, False
+        self.observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
+        self.next_observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
+        self.actions = np.zeros(buffer_size, dtype=np.int32)
+        self.rewards = np.zeros(buffer_size, dtype=np.float32)
+        self.dones = np.zeros(buffer_size, dtype=np.float32)
+
+    def __len__(self):
+        return self.buffer_size if self.full else self.pos
+
+    def add(self, obs, next_obs, actions, rewards, terminations):
+        """Store one transition per env (leading axis = envs)."""
+        idx = (self.pos + np.arange(len(obs))) % self.buffer_size
+        self.observations[idx] = obs
+        self.next_observations[idx] = next_obs
+        self.actions[idx] = actions
+        self.rewards[idx] = rewards
+        self.dones[idx] = terminations
+        self.full = self.full or self.pos + len(obs) >= self.buffer_size
+        self.pos = (self.pos + len(obs)) % self.buffer_size
+
+    def sample(self, batch_size):
+        idx = np.random.randint(0, len(self), size=batch_size)
+        return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.dones[idx]
+
+
+def real_next_obs(next_obs, infos):
+    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first
+    observation; the true last one is in infos["final_obs"]. Returns next_obs with those put back."""
+    real = next_obs.copy()
+    if "_final_obs" in infos:
+        for i in np.flatnonzero(infos["_final_obs"]):
+            real[i] = infos["final_obs"][i]
+    return real
+
+
+def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e)
+
+
 def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max):
     """Project the target distribution r + gamma * z (z: atoms, no bootstrap past a termination) back
     onto the atoms, splitting each atom's mass between its two neighbours. Returns [batch, n_atoms]."""
@@ -158,7 +207,7 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
     delta_z = atoms[1] - atoms[0]
     tz = mx.clip(next_atoms, v_min, v_max)
     b = (tz - v_min) / delta_z
-    l = mx.clip(mx.floor(b), 0, n_atoms - 1)
+    l = mx.clip(mx.floor(b), 0, n_atoms - 1)  # noqa: E741 (CleanRL's names: lower and upper neighbour)
     u = mx.clip(mx.ceil(b), 0, n_atoms - 1)
     # (l == u) handles the case where b is exactly an integer: all the mass goes to l
     d_m_l = (u + (l == u) - b) * next_pmfs
@@ -267,7 +316,9 @@ if __name__ == "__main__":
 
     loss_and_grad = nn.value_and_grad(q_network, partial(c51_loss, q_network))
 
-    @partial(mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state])
+    @partial(
+        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
+    )
     def train_step(obs, actions, rewards, next_obs, dones):
         _, next_pmfs = target_network.get_action(next_obs)
         target_pmfs = categorical_projection(next_pmfs, rewards, dones, target_network.atoms, args.gamma, args.v_min, args.v_max)

@@ -98,7 +98,9 @@ def check_args(args: Args, script: str) -> None:
         if getattr(args, name) <= 0:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_envs != 1:
-        raise SystemExit(f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}")
+        raise SystemExit(
+            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+        )
     if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
@@ -287,7 +289,9 @@ if __name__ == "__main__":
 
     loss_and_grad = nn.value_and_grad(q_network, partial(dqn_loss, q_network))
 
-    @partial(mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state])
+    @partial(
+        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
+    )
     def train_step(obs, actions, rewards, next_obs, dones):
         target = td_target(target_network, next_obs, rewards, dones, args.gamma)
         (loss, old_val), grads = loss_and_grad(obs, actions, target)

@@ -102,11 +102,21 @@ def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "buffer_size", "batch_size", "train_frequency", "gradient_steps", "target_network_frequency", "n_quantiles"):
+    for name in (
+        "total_timesteps",
+        "buffer_size",
+        "batch_size",
+        "train_frequency",
+        "gradient_steps",
+        "target_network_frequency",
+        "n_quantiles",
+    ):
         if getattr(args, name) <= 0:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_envs != 1:
-        raise SystemExit(f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}")
+        raise SystemExit(
+            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+        )
     if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
@@ -321,7 +331,9 @@ if __name__ == "__main__":
 
     loss_and_grad = nn.value_and_grad(q_network, partial(qrdqn_loss, q_network))
 
-    @partial(mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state])
+    @partial(
+        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
+    )
     def train_step(obs, actions, rewards, next_obs, dones):
         target_quantiles = qrdqn_target(target_network, next_obs, rewards, dones, args.gamma)
         (loss, current_quantiles), grads = loss_and_grad(obs, actions, target_quantiles)

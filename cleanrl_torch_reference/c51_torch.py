@@ -92,7 +92,9 @@ def check_args(args: Args, script: str) -> None:
         if getattr(args, name) <= 0:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_envs != 1:
-        raise SystemExit(f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}")
+        raise SystemExit(
+            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+        )
     if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
@@ -190,7 +192,7 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
     delta_z = atoms[1] - atoms[0]
     tz = next_atoms.clamp(v_min, v_max)
     b = (tz - v_min) / delta_z
-    l = b.floor().clamp(0, n_atoms - 1)
+    l = b.floor().clamp(0, n_atoms - 1)  # noqa: E741 (CleanRL's names: lower and upper neighbour)
     u = b.ceil().clamp(0, n_atoms - 1)
     # (l == u).float() handles the case where b is exactly an integer: all the mass goes to l
     d_m_l = (u + (l == u).float() - b) * next_pmfs
@@ -211,7 +213,9 @@ def c51_loss(q_network, obs, actions, target_pmfs):
     return loss, old_pmfs
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True):
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True
+):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP

@@ -87,7 +87,9 @@ def check_args(args: Args, script: str) -> None:
         if getattr(args, name) <= 0:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_envs != 1:
-        raise SystemExit(f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}")
+        raise SystemExit(
+            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+        )
     if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
@@ -184,7 +186,9 @@ def polyak_update(online_network, target_network, tau):
         target_network_param.data.copy_(tau * q_network_param.data + (1.0 - tau) * target_network_param.data)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True):
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True
+):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP

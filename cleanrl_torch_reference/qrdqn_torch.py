@@ -90,11 +90,21 @@ def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "buffer_size", "batch_size", "train_frequency", "gradient_steps", "target_network_frequency", "n_quantiles"):
+    for name in (
+        "total_timesteps",
+        "buffer_size",
+        "batch_size",
+        "train_frequency",
+        "gradient_steps",
+        "target_network_frequency",
+        "n_quantiles",
+    ):
         if getattr(args, name) <= 0:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_envs != 1:
-        raise SystemExit(f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}")
+        raise SystemExit(
+            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+        )
     if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
@@ -185,7 +195,9 @@ def qrdqn_target(target_network, next_obs, rewards, dones, gamma):
     past a termination. Returns [batch, n_quantiles]."""
     next_quantiles = target_network(next_obs)
     next_greedy_actions = next_quantiles.mean(dim=1).argmax(dim=1)
-    next_quantiles = next_quantiles.gather(2, next_greedy_actions[:, None, None].expand(-1, next_quantiles.shape[1], 1)).squeeze(2)
+    next_quantiles = next_quantiles.gather(2, next_greedy_actions[:, None, None].expand(-1, next_quantiles.shape[1], 1)).squeeze(
+        2
+    )
     return rewards[:, None] + (1 - dones[:, None]) * gamma * next_quantiles
 
 
@@ -193,7 +205,9 @@ def quantile_huber_loss(current_quantiles, target_quantiles):
     """Quantile Huber loss (kappa = 1) of current [batch, N] against target [batch, N'] quantiles at the
     midpoints tau_i = (i + 0.5) / N: summed over current quantiles, averaged over targets and batch."""
     n_quantiles = current_quantiles.shape[-1]
-    cum_prob = ((torch.arange(n_quantiles, device=current_quantiles.device, dtype=torch.float) + 0.5) / n_quantiles).view(1, -1, 1)
+    cum_prob = ((torch.arange(n_quantiles, device=current_quantiles.device, dtype=torch.float) + 0.5) / n_quantiles).view(
+        1, -1, 1
+    )
     pairwise_delta = target_quantiles.unsqueeze(-2) - current_quantiles.unsqueeze(-1)  # [batch, N, N']
     abs_pairwise_delta = torch.abs(pairwise_delta)
     huber_loss = torch.where(abs_pairwise_delta > 1, abs_pairwise_delta - 0.5, pairwise_delta**2 * 0.5)
@@ -215,7 +229,9 @@ def polyak_update(online_network, target_network, tau):
         target_network_param.data.copy_(tau * q_network_param.data + (1.0 - tau) * target_network_param.data)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True):
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True
+):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
