@@ -12,6 +12,14 @@ BAD = [
     ("ppo", ["--total-timesteps", "0"], "must be positive"),
     ("ppo", ["--total-timesteps", "-5"], "must be positive"),
     ("ppo", ["--total-timesteps", "100"], "less than one rollout"),
+    ("dqn", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
+    ("dqn", ["--total-timesteps", "0"], "must be positive"),
+    ("dqn", ["--num-envs", "2"], "--num-envs must be 1"),
+    ("c51", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
+    ("c51", ["--v-min", "10", "--v-max", "-10"], "--v-min < --v-max"),
+    ("qrdqn", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
+    ("qrdqn", ["--gradient-steps", "0"], "must be positive"),
+    ("qrdqn", ["--total-timesteps", "500"], "--learning-starts"),
 ]
 
 

@@ -11,6 +11,9 @@ from tests.helpers import check_ok, episodic_returns, run_dirs, run_script, scal
 # Tiny-budget arguments per script; each pair adds its line here.
 SMOKE = {
     "ppo": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
+    "dqn": "--env-id CartPole-v1 --total-timesteps 2000 --learning-starts 500 --buffer-size 1000 --eval-episodes 2".split(),
+    "c51": "--env-id CartPole-v1 --total-timesteps 2000 --learning-starts 500 --buffer-size 1000 --eval-episodes 2".split(),
+    "qrdqn": "--env-id CartPole-v1 --total-timesteps 2000 --learning-starts 500 --buffer-size 1000 --eval-episodes 2 --gradient-steps 8".split(),
 }
 CASES = [(name, fw) for name in SMOKE for fw in ("mlx", "torch")]
 
