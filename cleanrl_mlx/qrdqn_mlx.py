@@ -4,6 +4,8 @@ Written in the shape of CleanRL's dqn.py; the algorithm is QR-DQN as sb3-contrib
 midpoints, quantile Huber loss with kappa = 1, greedy target action from the mean of the target
 network's quantiles) with rl-zoo's tuned CartPole-v1 hyperparameters as defaults.
 PyTorch twin: cleanrl_torch_reference/qrdqn_torch.py.
+Exploration follows CleanRL's linear epsilon schedule from the first step (sb3 instead acts uniformly
+at random until learning_starts; with these defaults epsilon is still above 0.88 there).
 
 Usage: python cleanrl_mlx/qrdqn_mlx.py --env-id CartPole-v1
 """

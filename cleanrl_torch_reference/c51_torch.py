@@ -216,7 +216,7 @@ def c51_loss(q_network, obs, actions, target_pmfs):
 def evaluate(
     model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True
 ):
-    """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
+    """Roll out a saved Q-network epsilon-greedily (as CleanRL's c51_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )

@@ -3,6 +3,8 @@ twin of cleanrl_mlx/qrdqn_mlx.py.
 
 Eager PyTorch in the shape of CleanRL's dqn.py; the algorithm is QR-DQN as sb3-contrib defines it, with
 rl-zoo's tuned CartPole-v1 hyperparameters as defaults: same loss, targets and logged tags as the MLX script.
+Exploration follows CleanRL's linear epsilon schedule from the first step (sb3 instead acts uniformly
+at random until learning_starts; with these defaults epsilon is still above 0.88 there).
 
 Usage: python cleanrl_torch_reference/qrdqn_torch.py --env-id CartPole-v1
 """
