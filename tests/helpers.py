@@ -78,3 +78,41 @@ def assert_close(mlx_value, torch_value, atol=1e-5, rtol=1e-5, what=""):
     a = np.asarray(mlx_value)
     b = torch_value.detach().cpu().numpy() if hasattr(torch_value, "detach") else np.asarray(torch_value)
     np.testing.assert_allclose(a, b, atol=atol, rtol=rtol, err_msg=what)
+
+
+def replay_batch(seed, batch_size, obs_dim, n_actions, terminal_fraction=0.25):
+    """A random replay batch (obs, actions, rewards, next_obs, dones) as numpy arrays, in the order
+    the value-based scripts' ReplayBuffer.sample returns them; some transitions are terminal."""
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(batch_size, obs_dim)).astype(np.float32),
+        rng.integers(0, n_actions, size=batch_size),
+        rng.normal(size=batch_size).astype(np.float32),
+        rng.normal(size=(batch_size, obs_dim)).astype(np.float32),
+        (rng.random(batch_size) < terminal_fraction).astype(np.float32),
+    )
+
+
+def assert_adam_steps_match(t_model, m_model, t_loss, m_loss, batches, lr, eps, atol=1e-6):
+    """A few Adam steps (torch's, and MLX's with bias_correction=True) on the same batches leave the same
+    weights. t_loss(batch) / m_loss(batch) return the scalar loss of the live model on a numpy batch."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import torch
+    from mlx.utils import tree_flatten
+
+    t_opt = torch.optim.Adam(t_model.parameters(), lr=lr, eps=eps)
+    m_opt = optim.Adam(learning_rate=lr, eps=eps, bias_correction=True)
+    m_opt.init(m_model.trainable_parameters())
+    m_grad = nn.value_and_grad(m_model, m_loss)
+    for batch in batches:
+        t_opt.zero_grad()
+        t_loss(batch).backward()
+        t_opt.step()
+        _, grads = m_grad(batch)
+        m_opt.update(m_model, grads)
+        mx.eval(m_model.parameters())
+    m_params = dict(tree_flatten(m_model.trainable_parameters()))
+    for name, p in t_model.named_parameters():
+        assert_close(m_params[name], p, atol=atol, what=f"param {name} after Adam")

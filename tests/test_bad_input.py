@@ -44,6 +44,14 @@ BAD = [
     ("td3", ["--learning-starts", "-1"], "must be non-negative"),
     ("ddpg", ["--env-id", "CartPole-v1"], "only continuous (Box) action spaces"),
     ("ddpg", ["--total-timesteps", "0"], "must be positive"),
+    ("dqn", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
+    ("dqn", ["--total-timesteps", "0"], "must be positive"),
+    ("dqn", ["--num-envs", "2"], "--num-envs must be 1"),
+    ("c51", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
+    ("c51", ["--v-min", "10", "--v-max", "-10"], "--v-min < --v-max"),
+    ("qrdqn", ["--env-id", "Pendulum-v1"], "only discrete action spaces"),
+    ("qrdqn", ["--gradient-steps", "0"], "must be positive"),
+    ("qrdqn", ["--total-timesteps", "500"], "--learning-starts"),
 ]
 
 

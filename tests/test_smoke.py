@@ -33,6 +33,9 @@ SMOKE = {
     "sac": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
     "td3": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
     "ddpg": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
+    "dqn": "--env-id CartPole-v1 --total-timesteps 2000 --learning-starts 500 --buffer-size 1000 --eval-episodes 2".split(),
+    "c51": "--env-id CartPole-v1 --total-timesteps 2000 --learning-starts 500 --buffer-size 1000 --eval-episodes 2".split(),
+    "qrdqn": "--env-id CartPole-v1 --total-timesteps 2000 --learning-starts 500 --buffer-size 1000 --eval-episodes 2 --gradient-steps 8".split(),
 }
 # Continuous-control scripts also run on a MuJoCo env (train, save, evaluate); each pair adds its line here.
 SMOKE_MUJOCO = {
