@@ -4,6 +4,7 @@ report's arithmetic checkable exactly; one real PPO sweep checks it end to end."
 
 import csv
 import json
+import os
 import textwrap
 
 import numpy as np
@@ -253,3 +254,34 @@ def test_ray_backend_runs_the_same_sweep(tmp_path):
     runs = report.load_sweep(tmp_path / "r")
     assert sorted(r["variant"] for r in runs) == ["mlx", "torch"]
     assert all(r["returncode"] == 0 and r["steps"] == 2048 and r["sps"] > 0 for r in runs)
+
+
+# ---------------------------------------------------------------- micro-benchmark
+
+
+def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
+    import torch
+
+    from benchmark import microbench
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored afterwards
+    monkeypatch.delenv("CLEANRL_MLX_BLAS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        results = microbench.main(["--script", "ppo", "--repeats", "3", "--warmup", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    cases = ["forward (actor + critic)", "loss terms (forward excluded)", "forward + loss", "forward + loss + backward"]
+    cases += ["optimizer step (clip + Adam)", "full update (one minibatch)"]
+    assert list(results) == cases
+    assert all(set(results[c]) == set(microbench.VARIANTS) and all(v[0] > 0 for v in results[c].values()) for c in cases)
+    md = (tmp_path / "ppo.md").read_text()
+    for c in cases:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {c} |"))
+        assert f"{results[c]['torch'][0]:.1f}" in row and f"{results[c]['mlx compiled'][0]:.1f}" in row
+    assert "minibatch 128 rows" in md and "BLAS " in md
+    with open(tmp_path / "ppo.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(cases) * len(microbench.VARIANTS)
+    assert (tmp_path / "ppo.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no adapter for 'nosuch'"):
+        microbench.main(["--script", "nosuch"])
