@@ -226,6 +226,41 @@ def plot_timing(rows, path):
     plt.close(fig)
 
 
+# ---------------------------------------------------------------- W&B
+
+
+def upload_wandb(runs, project: str, entity=None, wandb_dir=None) -> None:
+    """Upload finished runs after the fact, as the scripts' own --track would have: one W&B run per
+    script run, grouped by `{algo}__{env_id}`, `framework` (and variant, BLAS) in the config, scalars
+    against `global_step`. Works offline (WANDB_MODE=offline; `wandb sync` later)."""
+    import wandb
+
+    for r in runs:
+        if r["returncode"] != 0:
+            continue
+        (tb_dir,) = [p for p in (r["dir"] / "runs").iterdir() if p.is_dir()]
+        config = {
+            "framework": r["framework"],
+            "algo": r["script"],
+            "variant": r["variant"],
+            "env_id": r["env_id"],
+            "seed": r["seed"],
+        }
+        config |= {"blas": r.get("blas", ""), "args": " ".join(r["args"])}
+        run = wandb.init(
+            project=project, entity=entity, name=tb_dir.name, group=f"{r['script']}__{r['env_id']}", config=config,
+            job_type="benchmark", dir=wandb_dir, reinit="finish_previous",
+        )  # fmt: skip
+        run.define_metric("global_step")
+        run.define_metric("*", step_metric="global_step")
+        events = sorted((step, tag, value) for tag, points in read_scalars(tb_dir).items() for step, value in points)
+        for step, tag, value in events:
+            run.log({tag: value, "global_step": step})
+        run.summary["final_return"] = r["final_return"]
+        run.summary["median_sps"] = r["sps"]
+        run.finish()
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -280,6 +315,9 @@ def main(argv=None):
     p.add_argument("sweep_dir", type=Path, help="benchmark/runs/<tag>")
     p.add_argument("--out", type=Path, help="default: benchmark/results/<tag>")
     p.add_argument("--readme", action="store_true", help="then rewrite README.md's results block from benchmark/results/*")
+    p.add_argument("--track", action="store_true", help="also upload the runs to W&B (grouped by algo/env, split by framework)")
+    p.add_argument("--wandb-project-name", default="cleanrl-mlx")
+    p.add_argument("--wandb-entity")
     opts = p.parse_args(argv)
     out_dir = opts.out or RESULTS_DIR / opts.sweep_dir.resolve().name
     rows = write_report(opts.sweep_dir, out_dir)
@@ -289,6 +327,8 @@ def main(argv=None):
         from benchmark.readme import update_readme
 
         update_readme()
+    if opts.track:
+        upload_wandb(load_sweep(opts.sweep_dir), opts.wandb_project_name, opts.wandb_entity)
 
 
 if __name__ == "__main__":

@@ -285,3 +285,19 @@ def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
     assert (tmp_path / "ppo.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="no adapter for 'nosuch'"):
         microbench.main(["--script", "nosuch"])
+
+
+def test_report_track_uploads_offline_grouped_by_algo_env(fake_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert (
+        run_main(
+            "--scripts", "fake", "--seeds", "3", "--frameworks", "torch", "--tag", "w", dirs=fake_dirs, runs_dir=tmp_path / "runs"
+        )
+        == 0
+    )
+    report.upload_wandb(report.load_sweep(tmp_path / "runs" / "w"), "cleanrl-mlx", wandb_dir=str(tmp_path))
+    (offline_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    (record,) = offline_run.glob("*.wandb")
+    data = record.read_bytes()
+    assert b"fake__FakeEnv-v0" in data and b"framework" in data and b"charts/SPS" in data and b"global_step" in data
