@@ -295,7 +295,8 @@ def write_report(sweep_dir: Path, out_dir: Path) -> list[dict]:
         "",
         "Return: mean ± std over seeds of each run's average over its last 100 episodes. SPS: median over "
         "seeds of each run's median `charts/SPS`. µs columns: the `timing/*` breakdown per env step (median "
-        "over the run, mean over seeds). MLX/torch: the SPS ratio (above 1: MLX is faster).",
+        "over the run, mean over seeds). MLX/torch: the SPS ratio (above 1: MLX is faster). Wall: "
+        "the process's wall time, start-up included (mean over seeds).",
         "",
         table_md(rows),
         "",
@@ -326,7 +327,8 @@ def main(argv=None):
     if opts.readme:
         from benchmark.readme import update_readme
 
-        update_readme()
+        dirs = sorted(p.parent for p in RESULTS_DIR.glob("*/results.csv"))
+        update_readme(dirs if out_dir.resolve() in [d.resolve() for d in dirs] else [*dirs, out_dir])
     if opts.track:
         upload_wandb(load_sweep(opts.sweep_dir), opts.wandb_project_name, opts.wandb_entity)
 

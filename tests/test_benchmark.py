@@ -162,33 +162,16 @@ def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp
 # ---------------------------------------------------------------- a real sweep, end to end
 
 
-@pytest.fixture(scope="module")
-def ppo_sweep(tmp_path_factory):
-    """PPO, one seed, MLX and torch, 2048 steps each: the real scripts through the runner and the report."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    rc = bench_run.main(
-        [
-            "--scripts",
-            "ppo",
-            "--seeds",
-            "1",
-            "--total-timesteps",
-            "2048",
-            "--workers",
-            "2",
-            "--tag",
-            "tiny",
-            "--runs-dir",
-            str(tmp),
-        ]
-    )
+def test_report_on_a_real_ppo_sweep(tmp_path):
+    """PPO, one seed, MLX and torch, 2048 steps each: the real scripts through the runner and the
+    report (one test, so that pytest-xdist does not run the sweep twice)."""
+    tmp = tmp_path
+    sweep = "--scripts ppo --seeds 1 --total-timesteps 2048 --workers 2 --tag tiny".split()
+    rc = bench_run.main([*sweep, "--runs-dir", str(tmp)])
     assert rc == 0
     rows = report.write_report(tmp / "tiny", tmp / "results")
-    return tmp, rows
 
-
-def test_report_numbers_match_the_logged_scalars(ppo_sweep):
-    tmp, rows = ppo_sweep
+    # the table's numbers are the logged scalars'
     assert [r["variant"] for r in rows] == ["mlx", "torch"]
     with open(tmp / "results" / "results.csv") as f:
         csv_rows = {r["variant"]: r for r in csv.DictReader(f)}
@@ -205,9 +188,7 @@ def test_report_numbers_match_the_logged_scalars(ppo_sweep):
     assert rows[0]["sps_ratio_vs_torch"] == pytest.approx(rows[0]["sps_median"] / rows[1]["sps_median"])
     assert rows[0]["blas"] in ("openblas", "bundled") and rows[0]["device"] in ("cpu", "gpu")
 
-
-def test_report_files_and_readme_block(ppo_sweep, tmp_path):
-    tmp, rows = ppo_sweep
+    # the files: plots, results.md with the machine, the README block
     out = tmp / "results"
     for png in ("curves_ppo__CartPole-v1.png", "sps.png", "timing.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -232,22 +213,8 @@ def test_ray_backend_runs_the_same_sweep(tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        rc = bench_run.main(
-            [
-                "--scripts",
-                "ppo",
-                "--seeds",
-                "1",
-                "--total-timesteps",
-                "2048",
-                "--backend",
-                "ray",
-                "--tag",
-                "r",
-                "--runs-dir",
-                str(tmp_path),
-            ]
-        )
+        sweep = "--scripts ppo --seeds 1 --total-timesteps 2048 --backend ray --tag r".split()
+        rc = bench_run.main([*sweep, "--runs-dir", str(tmp_path)])
     finally:
         ray.shutdown()
     assert rc == 0
