@@ -1,6 +1,5 @@
 """Shared test helpers: run a script as a user would, read what it logged, import it for parity tests."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,14 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.scripts import REPO, load_script, script_path  # noqa: F401 (shared with benchmark/; re-exported)
 from benchmark.tbutil import read_scalars
-
-REPO = Path(__file__).resolve().parents[1]
-DIRS = {"mlx": REPO / "cleanrl_mlx", "torch": REPO / "cleanrl_torch_reference"}
-
-
-def script_path(name: str, framework: str) -> Path:
-    return DIRS[framework] / f"{name}_{framework}.py"
 
 
 def script_command(name, framework, *args, env=None) -> tuple[list[str], dict]:
@@ -56,14 +49,6 @@ def scalars_of_single_run(cwd) -> dict[str, list[tuple[int, float]]]:
 
 def episodic_returns(scalars) -> np.ndarray:
     return np.array([v for _, v in scalars.get("charts/episodic_return", [])])
-
-
-def load_script(name: str, framework: str):
-    """Import a script as a module (its `if __name__ == "__main__"` block does not run)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_{framework}", script_path(name, framework))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def torch_params_to_mlx(torch_module, mlx_module) -> None:

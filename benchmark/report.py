@@ -1,0 +1,337 @@
+"""Tables and plots from a sweep's TensorBoard logs.
+
+    python -m benchmark.report benchmark/runs/<tag> [--out benchmark/results/<tag>] [--readme]
+
+Writes results.md, results.csv, machine.json and PNGs (learning curves, SPS bars, time breakdown).
+Per script, env and variant: final return as CleanRL reports it (mean ± std over seeds of each run's
+last-100-episode average), median SPS, wall time, the MLX/torch SPS ratio, the timing/* breakdown
+(µs per env step) and CleanRL's published return where the registry has one. `--readme` then rewrites
+README.md's results block from every results folder (see benchmark/readme.py).
+"""
+
+import argparse
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.machine import describe
+from benchmark.registry import published_for
+from benchmark.run import log_tail
+from benchmark.scripts import REPO
+from benchmark.tbutil import read_scalars
+
+RESULTS_DIR = REPO / "benchmark" / "results"
+TIMING_TAGS = ("timing/env_us", "timing/inference_us", "timing/update_us")
+LAST_EPISODES = 100
+COLUMNS = [
+    "script", "env_id", "variant", "framework", "blas", "device", "seeds", "total_timesteps",
+    "return_mean", "return_std", "sps_median", "sps_ratio_vs_torch", "wall_s_mean",
+    "env_us", "inference_us", "update_us",
+    "published_return", "published_std", "published_steps", "failed_runs",
+]  # fmt: skip
+
+
+def parse_log(text: str) -> dict:
+    """BLAS and MLX device from a script's startup line (`ppo_mlx: mlx 0.32.4, device cpu, BLAS openblas`)."""
+    out = {}
+    if m := re.search(r"\bdevice (\S+?),? BLAS (\S+)", text):
+        out["device"], out["blas"] = m.group(1), m.group(2)
+    elif m := re.search(r"\bdevice (\S+?),", text):
+        out["device"] = m.group(1)
+    return out
+
+
+def load_run(run_dir: Path) -> dict:
+    """One run: its run.json, its scalars, and the numbers the report needs from them."""
+    record = json.loads((run_dir / "run.json").read_text())
+    record["dir"] = run_dir
+    log = (run_dir / "stdout.log").read_text(errors="replace") if (run_dir / "stdout.log").exists() else ""
+    record |= parse_log(log)
+    if record["returncode"] != 0:
+        return record
+    (tb_dir,) = [p for p in (run_dir / "runs").iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))]
+    scalars = read_scalars(tb_dir)
+    returns = [v for _, v in scalars.get("charts/episodic_return", [])]
+    record["curve"] = scalars.get("charts/episodic_return", [])
+    record["final_return"] = float(np.mean(returns[-LAST_EPISODES:])) if returns else math.nan
+    record["sps"] = float(np.median([v for _, v in scalars["charts/SPS"]]))
+    record["steps"] = scalars["charts/SPS"][-1][0]
+    for tag in TIMING_TAGS:
+        record[tag] = float(np.median([v for _, v in scalars[tag]])) if tag in scalars else math.nan
+    return record
+
+
+def load_sweep(sweep_dir: Path) -> list[dict]:
+    runs = [load_run(p) for p in sorted(Path(sweep_dir).iterdir()) if (p / "run.json").exists()]
+    if not runs:
+        raise SystemExit(f"benchmark.report: no runs (no */run.json) in {sweep_dir}")
+    return runs
+
+
+def variant_order(variant: str) -> tuple:
+    return (variant != "mlx", variant != "torch", variant)  # mlx, torch, then other variants
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per script, env and variant."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["script"], r["env_id"], r["variant"]), []).append(r)
+    rows = []
+    for (script, env_id, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], variant_order(kv[0][2]))):
+        ok = [r for r in rs if r["returncode"] == 0]
+        finals = [r["final_return"] for r in ok]
+        pub = published_for(script, env_id)
+        row = {
+            "script": script,
+            "env_id": env_id,
+            "variant": variant,
+            "framework": rs[0]["framework"],
+            "blas": "/".join(sorted({r["blas"] for r in rs if r.get("blas")})) or ("" if rs[0]["framework"] == "torch" else "?"),
+            "device": "/".join(sorted({r["device"] for r in rs if r.get("device")})),
+            "seeds": len(ok),
+            "total_timesteps": max((r["steps"] for r in ok), default=""),
+            "return_mean": float(np.mean(finals)) if ok else math.nan,
+            "return_std": float(np.std(finals)) if ok else math.nan,
+            "sps_median": float(np.median([r["sps"] for r in ok])) if ok else math.nan,
+            "sps_ratio_vs_torch": math.nan,
+            "wall_s_mean": float(np.mean([r["wall_s"] for r in ok])) if ok else math.nan,
+            "env_us": float(np.mean([r["timing/env_us"] for r in ok])) if ok else math.nan,
+            "inference_us": float(np.mean([r["timing/inference_us"] for r in ok])) if ok else math.nan,
+            "update_us": float(np.mean([r["timing/update_us"] for r in ok])) if ok else math.nan,
+            "published_return": pub.mean if pub else "",
+            "published_std": pub.std if pub else "",
+            "published_steps": pub.total_timesteps if pub else "",
+            "failed_runs": len(rs) - len(ok),
+        }
+        rows.append(row)
+    torch_sps = {(r["script"], r["env_id"]): r["sps_median"] for r in rows if r["variant"] == "torch"}
+    for r in rows:
+        if r["framework"] == "mlx" and (r["script"], r["env_id"]) in torch_sps:
+            r["sps_ratio_vs_torch"] = r["sps_median"] / torch_sps[(r["script"], r["env_id"])]
+    return rows
+
+
+def fmt(x, spec=".1f") -> str:
+    if x == "" or x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return format(x, spec)
+
+
+def published_cell(row) -> str:
+    if row["published_return"] == "":
+        return "–"
+    cell = f"{row['published_return']:.2f} ± {row['published_std']:.2f}"
+    if row["total_timesteps"] != row["published_steps"]:
+        cell += f" (at {row['published_steps']:,} steps)"
+    return cell
+
+
+def table_md(rows) -> str:
+    lines = [
+        "| script | env | framework | BLAS | seeds | steps | return (last 100 ep.) | CleanRL published | median SPS | "
+        "MLX/torch SPS | wall (s) | env µs | inference µs | update µs |",
+        "|" + "---|" * 14,
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['script']} | {r['env_id']} | {r['variant']} | {r['blas'] or '–'} | {r['seeds']} | {fmt(r['total_timesteps'], ',')} | "
+            f"{fmt(r['return_mean'], '.2f')} ± {fmt(r['return_std'], '.2f')} | {published_cell(r)} | {fmt(r['sps_median'], '.0f')} | "
+            f"{fmt(r['sps_ratio_vs_torch'], '.2f')} | {fmt(r['wall_s_mean'])} | {fmt(r['env_us'])} | {fmt(r['inference_us'])} | "
+            f"{fmt(r['update_us'])} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_of(runs) -> dict:
+    machines = {json.dumps(r["machine"], sort_keys=True) for r in runs}
+    info = dict(runs[0]["machine"])
+    if len(machines) > 1:
+        info["hosts"] = sorted({r["machine"]["host"] for r in runs})
+    info["mlx_device"] = "/".join(sorted({r["device"] for r in runs if r["framework"] == "mlx" and r.get("device")}))
+    info["mlx_blas"] = "/".join(sorted({r["blas"] for r in runs if r["framework"] == "mlx" and r.get("blas")}))
+    return info
+
+
+# ---------------------------------------------------------------- plots
+
+
+def curve_on_grid(curve, grid, window=10):
+    """A run's episodic returns (smoothed over `window` episodes) interpolated on a common step grid."""
+    steps = np.array([s for s, _ in curve], dtype=float)
+    values = np.array([v for _, v in curve], dtype=float)
+    smooth = np.convolve(values, np.ones(window) / window, mode="valid") if len(values) >= window else values
+    return np.interp(grid, steps[len(steps) - len(smooth) :], smooth)
+
+
+def plot_curves(runs, script, env_id, path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by_variant: dict[str, list] = {}
+    for r in runs:
+        if r["script"] == script and r["env_id"] == env_id and r["returncode"] == 0 and r["curve"]:
+            by_variant.setdefault(r["variant"], []).append(r["curve"])
+    for variant in sorted(by_variant, key=variant_order):
+        curves = by_variant[variant]
+        grid = np.linspace(0, min(c[-1][0] for c in curves), 200)
+        ys = np.stack([curve_on_grid(c, grid) for c in curves])
+        mean, std = ys.mean(0), ys.std(0)
+        ax.plot(grid, mean, label=f"{variant} ({len(curves)} seeds)")
+        ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="global step", ylabel="episodic return", title=f"{script} on {env_id}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sps(rows, path):
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["script"], r["env_id"]) for r in rows})
+    variants = sorted({r["variant"] for r in rows}, key=variant_order)
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(groups) * len(variants)), 4))
+    for i, v in enumerate(variants):
+        sps = [next((r["sps_median"] for r in rows if (r["script"], r["env_id"], r["variant"]) == (*g, v)), 0) for g in groups]
+        bars = ax.bar(np.arange(len(groups)) + i * width, sps, width, label=v)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(variants) - 1) / 2, [f"{s}\n{e}" for s, e in groups])
+    ax.set(ylabel="median SPS (higher is better)", title="steps per second")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_timing(rows, path):
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['script']} {r['env_id']}\n{r['variant']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 4))
+    bottom = np.zeros(len(rows))
+    for key, name in (("env_us", "env step"), ("inference_us", "inference"), ("update_us", "update")):
+        vals = np.nan_to_num([r[key] for r in rows])
+        ax.bar(labels, vals, bottom=bottom, label=name)
+        bottom += vals
+    ax.set(ylabel="µs per env step (lower is better)", title="where the time goes (timing/*)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- W&B
+
+
+def upload_wandb(runs, project: str, entity=None, wandb_dir=None) -> None:
+    """Upload finished runs after the fact, as the scripts' own --track would have: one W&B run per
+    script run, grouped by `{algo}__{env_id}`, `framework` (and variant, BLAS) in the config, scalars
+    against `global_step`. Works offline (WANDB_MODE=offline; `wandb sync` later)."""
+    import wandb
+
+    for r in runs:
+        if r["returncode"] != 0:
+            continue
+        (tb_dir,) = [p for p in (r["dir"] / "runs").iterdir() if p.is_dir()]
+        config = {
+            "framework": r["framework"],
+            "algo": r["script"],
+            "variant": r["variant"],
+            "env_id": r["env_id"],
+            "seed": r["seed"],
+        }
+        config |= {"blas": r.get("blas", ""), "args": " ".join(r["args"])}
+        run = wandb.init(
+            project=project, entity=entity, name=tb_dir.name, group=f"{r['script']}__{r['env_id']}", config=config,
+            job_type="benchmark", dir=wandb_dir, reinit="finish_previous",
+        )  # fmt: skip
+        run.define_metric("global_step")
+        run.define_metric("*", step_metric="global_step")
+        events = sorted((step, tag, value) for tag, points in read_scalars(tb_dir).items() for step, value in points)
+        for step, tag, value in events:
+            run.log({tag: value, "global_step": step})
+        run.summary["final_return"] = r["final_return"]
+        run.summary["median_sps"] = r["sps"]
+        run.finish()
+
+
+# ---------------------------------------------------------------- main
+
+
+def write_report(sweep_dir: Path, out_dir: Path) -> list[dict]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = load_sweep(sweep_dir)
+    rows = summarize(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    machine = machine_of(runs)
+    (out_dir / "machine.json").write_text(json.dumps(machine, indent=1))
+
+    images = []
+    for script, env_id in sorted({(r["script"], r["env_id"]) for r in rows}):
+        name = f"curves_{script}__{env_id}.png"
+        plot_curves(runs, script, env_id, out_dir / name)
+        images.append(name)
+    plot_sps(rows, out_dir / "sps.png")
+    plot_timing(rows, out_dir / "timing.png")
+    images += ["sps.png", "timing.png"]
+
+    md = [
+        f"# Benchmark: {Path(sweep_dir).name}",
+        "",
+        f"Machine: {describe(machine)}. MLX device {machine['mlx_device'] or '–'}, BLAS {machine['mlx_blas'] or '–'}. "
+        "Every run with `OMP_NUM_THREADS=1`.",
+        "",
+        "Return: mean ± std over seeds of each run's average over its last 100 episodes. SPS: median over "
+        "seeds of each run's median `charts/SPS`. µs columns: the `timing/*` breakdown per env step (median "
+        "over the run, mean over seeds). MLX/torch: the SPS ratio (above 1: MLX is faster). Wall: "
+        "the process's wall time, start-up included (mean over seeds).",
+        "",
+        table_md(rows),
+        "",
+    ]
+    failed = [r for r in runs if r["returncode"] != 0]
+    if failed:
+        md += ["## Failed runs", ""]
+        for r in failed:
+            md += [f"`{r['name']}` exited with {r['returncode']}:", "", "```", log_tail(r["dir"]), "```", ""]
+    md += [f"![{name}]({name})" for name in images]
+    (out_dir / "results.md").write_text("\n".join(md) + "\n")
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("sweep_dir", type=Path, help="benchmark/runs/<tag>")
+    p.add_argument("--out", type=Path, help="default: benchmark/results/<tag>")
+    p.add_argument("--readme", action="store_true", help="then rewrite README.md's results block from benchmark/results/*")
+    p.add_argument("--track", action="store_true", help="also upload the runs to W&B (grouped by algo/env, split by framework)")
+    p.add_argument("--wandb-project-name", default="cleanrl-mlx")
+    p.add_argument("--wandb-entity")
+    opts = p.parse_args(argv)
+    out_dir = opts.out or RESULTS_DIR / opts.sweep_dir.resolve().name
+    rows = write_report(opts.sweep_dir, out_dir)
+    print(table_md(rows))
+    print(f"benchmark.report: wrote {out_dir}/results.md, results.csv and plots")
+    if opts.readme:
+        from benchmark.readme import update_readme
+
+        dirs = sorted(p.parent for p in RESULTS_DIR.glob("*/results.csv"))
+        update_readme(dirs if out_dir.resolve() in [d.resolve() for d in dirs] else [*dirs, out_dir])
+    if opts.track:
+        upload_wandb(load_sweep(opts.sweep_dir), opts.wandb_project_name, opts.wandb_entity)
+
+
+if __name__ == "__main__":
+    main()

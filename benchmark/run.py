@@ -1,0 +1,248 @@
+"""Run script pairs side by side: scripts x envs x seeds x frameworks, each run its own process.
+
+    python -m benchmark.run --scripts ppo --seeds 1 2 3 --workers 2 --tag ppo-cartpole
+    python -m benchmark.run --scripts ppo --mlx-blas openblas bundled --total-timesteps 50000 -- --num-envs 8
+    python -m benchmark.run --scripts ppo --backend ray --ray-address auto
+
+Every run gets `OMP_NUM_THREADS=1`; the MLX and torch runs of one seed are queued next to each other
+so that load drift hits both. Each run's folder `benchmark/runs/<tag>/<script>__<env>__<variant>__<seed>/`
+holds its TensorBoard logs (`runs/`), its stdout+stderr (`stdout.log`) and `run.json` (command, exit
+code, wall time, machine). Arguments after `--` go to every script. Then:
+`python -m benchmark.report benchmark/runs/<tag>`.
+"""
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from benchmark.machine import machine_info
+from benchmark.registry import bench_for
+from benchmark.scripts import DEFAULT_DIRS, FRAMEWORKS, REPO, check_scripts, discover, script_path
+
+RUNS_DIR = REPO / "benchmark" / "runs"
+BLAS_CHOICES = ("openblas", "bundled")
+LOG_TAIL_LINES = 25
+
+
+@dataclass
+class RunSpec:
+    script: str
+    env_id: str
+    seed: int
+    framework: str
+    variant: str
+    """the label in reports: "torch", "mlx" (default BLAS) or "mlx-bundled" (CLEANRL_MLX_BLAS=bundled)"""
+    args: list[str]
+    """the script's arguments"""
+    env: dict[str, Optional[str]] = field(default_factory=dict)
+    """environment overrides for the run (None removes a variable)"""
+
+    @property
+    def name(self) -> str:
+        return f"{self.script}__{self.env_id}__{self.variant}__{self.seed}"
+
+
+def default_env_id(script_file: Path) -> str:
+    """The `env_id` default of a script's Args (read from its source: importing it would be slow)."""
+    match = re.search(r'^\s+env_id:\s*str\s*=\s*"([^"]+)"', Path(script_file).read_text(), re.MULTILINE)
+    if not match:
+        raise SystemExit(f"benchmark: cannot find an env_id default in {script_file}; pass --env-ids")
+    return match.group(1)
+
+
+def variants(frameworks, mlx_blas) -> list[tuple[str, str, dict]]:
+    """(framework, label, env overrides) for each process kind, MLX and torch alternating."""
+    out = []
+    for fw in frameworks:
+        if fw == "mlx":
+            for blas in mlx_blas:
+                label = "mlx" if blas == "openblas" else f"mlx-{blas}"
+                # "openblas" is the scripts' default: make sure no inherited opt-out changes it
+                out.append((fw, label, {"CLEANRL_MLX_BLAS": "bundled" if blas == "bundled" else None}))
+        else:
+            out.append((fw, fw, {}))
+    return out
+
+
+def expand(opts, dirs) -> list[RunSpec]:
+    """All runs of a sweep, in the order they are queued: per script, env and seed, every variant."""
+    specs = []
+    for script in opts.scripts:
+        bench = bench_for(script)
+        env_ids = opts.env_ids or (list(bench.env_ids) if bench else [default_env_id(script_path(script, "mlx", dirs))])
+        steps = opts.total_timesteps or (bench.total_timesteps if bench else None)
+        for env_id in env_ids:
+            for seed in opts.seeds:
+                for fw, label, env in variants(opts.frameworks, opts.mlx_blas):
+                    args = ["--env-id", env_id, "--seed", str(seed)]
+                    args += ["--total-timesteps", str(steps)] if steps else []
+                    args += list(bench.extra_args) if bench else []
+                    args += opts.script_args + (["--track"] if opts.track else [])
+                    specs.append(RunSpec(script, env_id, seed, fw, label, args, env))
+    return specs
+
+
+def execute(spec: dict, script_file: str, run_dir: str) -> dict:
+    """Run one script to completion in run_dir (its runs/ lands there); log to run_dir/stdout.log.
+    Used as is by the local pool and inside a Ray task."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key, value in spec["env"].items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    cmd = [sys.executable, str(script_file), *spec["args"]]
+    record = {**spec, "cmd": cmd, "machine": machine_info(), "loadavg_at_start": list(os.getloadavg())}
+    start = time.time()
+    with open(run_dir / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    record |= {"returncode": proc.returncode, "wall_s": time.time() - start, "started": start}
+    (run_dir / "run.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def log_tail(run_dir: Path, n=LOG_TAIL_LINES) -> str:
+    try:
+        lines = (Path(run_dir) / "stdout.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+def _ray_task(spec: dict, script_name: str, script_text: str) -> tuple[dict, bytes]:
+    """On a Ray worker: run the script from its text in a scratch folder and send the folder back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script_file = Path(tmp) / script_name  # same file name, so exp_name is the same
+        script_file.write_text(script_text)
+        record = execute(spec, str(script_file), str(Path(tmp) / "run"))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(Path(tmp) / "run", arcname=".")
+        return record, buf.getvalue()
+
+
+def run_local(specs, dirs, out_dir, workers, on_done):
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            pool.submit(
+                execute, asdict(s) | {"name": s.name}, str(script_path(s.script, s.framework, dirs)), str(out_dir / s.name)
+            ): s
+            for s in specs
+        }
+        for fut in as_completed(futures):
+            on_done(futures[fut], fut.result())
+
+
+def run_ray(specs, dirs, out_dir, ray_address, on_done):
+    import ray
+    from ray import cloudpickle
+
+    import benchmark
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    # ship this package's code with the task, so workers need only the packages the scripts need
+    cloudpickle.register_pickle_by_value(benchmark)
+    task = ray.remote(num_cpus=1)(_ray_task)
+    refs = {}
+    for s in specs:
+        path = script_path(s.script, s.framework, dirs)
+        refs[task.remote(asdict(s) | {"name": s.name}, path.name, path.read_text())] = s
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        record, archive = ray.get(done[0])
+        run_dir = out_dir / refs[done[0]].name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            tar.extractall(run_dir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        on_done(refs[done[0]], record)
+
+
+def parse(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="python -m benchmark.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scripts", nargs="+", help="script pairs by name (default: every pair found)")
+    p.add_argument("--env-ids", nargs="+", help="envs (default: the registry's, else the script's default)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--total-timesteps", type=int, help="budget per run (default: the registry's, else the script's)")
+    p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
+    p.add_argument("--mlx-blas", nargs="+", default=["openblas"], help="BLAS variants of the MLX runs: openblas, bundled")
+    p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
+    p.add_argument("--track", action="store_true", help="pass --track to every script (W&B, grouped by algo/env)")
+    p.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"), help="the sweep's folder name under --runs-dir")
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    p.add_argument("--backend", default="local", choices=("local", "ray"))
+    p.add_argument("--ray-address", help="address of an existing Ray cluster (default: RAY_ADDRESS or a local one)")
+    p.add_argument("--script-dirs", nargs=2, type=Path, metavar=("MLX_DIR", "TORCH_DIR"), help="where the pairs live")
+    opts = p.parse_args(argv)
+    opts.script_args = script_args
+    return opts
+
+
+def main(argv=None) -> int:
+    opts = parse(argv)
+    dirs = dict(zip(FRAMEWORKS, opts.script_dirs)) if opts.script_dirs else DEFAULT_DIRS
+    for fw in opts.frameworks:
+        if fw not in FRAMEWORKS:
+            raise SystemExit(f"benchmark: unknown framework {fw!r} (choose from {', '.join(FRAMEWORKS)})")
+    for blas in opts.mlx_blas:
+        if blas not in BLAS_CHOICES:
+            raise SystemExit(f"benchmark: unknown --mlx-blas {blas!r} (choose from {', '.join(BLAS_CHOICES)})")
+    opts.scripts = opts.scripts or discover(dirs)
+    check_scripts(opts.scripts, dirs)
+    if opts.workers < 1:
+        raise SystemExit(f"benchmark: --workers must be positive, got {opts.workers}")
+    specs = expand(opts, dirs)
+
+    out_dir = opts.runs_dir / opts.tag
+    for s in specs:  # a re-run of the same run replaces it; other runs of the tag stay
+        shutil.rmtree(out_dir / s.name, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"benchmark: {len(specs)} runs -> {out_dir} ({opts.backend}, OMP_NUM_THREADS=1)", flush=True)
+
+    failed, finished = [], []
+
+    def on_done(spec, record):
+        finished.append(spec)
+        what = f"[{len(finished)}/{len(specs)}] {spec.name} ({record['wall_s']:.1f} s)"
+        if record["returncode"] == 0:
+            print(f"{what} ok", flush=True)
+        else:
+            failed.append(spec)
+            tail = log_tail(out_dir / spec.name)
+            print(
+                f"{what} FAILED with exit code {record['returncode']}; last lines of its log:\n{tail}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    if opts.backend == "ray":
+        run_ray(specs, dirs, out_dir, opts.ray_address, on_done)
+    else:
+        run_local(specs, dirs, out_dir, opts.workers, on_done)
+
+    if failed:
+        print(f"benchmark: {len(failed)} of {len(specs)} runs failed: {', '.join(s.name for s in failed)}", file=sys.stderr)
+    print(f"benchmark: report with  python -m benchmark.report {out_dir}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

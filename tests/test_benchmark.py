@@ -1,0 +1,270 @@
+"""benchmark/: the runner (sweeps, errors, failed runs, Ray), the report's numbers and files, the README
+block, and the micro-benchmark. Fake script pairs (tiny programs that log known scalars) make the
+report's arithmetic checkable exactly; one real PPO sweep checks it end to end."""
+
+import csv
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from benchmark import readme, report
+from benchmark import run as bench_run
+from benchmark.tbutil import read_scalars
+
+# A fake twin: logs 150 episodes with returns seed*1000 + 0..149 and fixed SPS/timing values that
+# depend on the framework; the MLX side fails on seed 2 after printing a recognisable line.
+FAKE_SCRIPT = textwrap.dedent(
+    '''
+    import sys, time
+    from dataclasses import dataclass
+    sys.modules["torch"] = None  # tensorboardX imports torch when it can: seconds this fake does not need
+    from tensorboardX import SummaryWriter
+    del sys.modules["torch"]
+    import tyro
+
+    @dataclass
+    class Args:
+        env_id: str = "FakeEnv-v0"
+        """the id of the environment"""
+        seed: int = 1
+        """seed"""
+        total_timesteps: int = 1000
+        """budget"""
+        extra: int = 0
+        """a pass-through argument"""
+
+    args = tyro.cli(Args)
+    FRAMEWORK = "{framework}"
+    print(f"fake_{{FRAMEWORK}}: device cpu, " + ("BLAS openblas" if FRAMEWORK == "mlx" else "threads 1"), flush=True)
+    if FRAMEWORK == "mlx" and args.seed == 2:
+        print("boom: the fake mlx script failed on purpose", flush=True)
+        sys.exit(3)
+    writer = SummaryWriter(f"runs/{{args.env_id}}__fake__{{args.seed}}__{{int(time.time())}}")
+    for i in range(150):
+        writer.add_scalar("charts/episodic_return", args.seed * 1000 + i + args.extra, 10 * i)
+    sps = [100, 300, 200] if FRAMEWORK == "mlx" else [50, 70, 60]
+    for k, v in enumerate(sps):
+        step = args.total_timesteps * (k + 1) // 3
+        writer.add_scalar("charts/SPS", v * args.seed, step)
+        writer.add_scalar("timing/env_us", 10.0, step)
+        writer.add_scalar("timing/inference_us", 20.0 if FRAMEWORK == "mlx" else 40.0, step)
+        writer.add_scalar("timing/update_us", 30.0, step)
+    writer.close()
+    '''
+)
+
+
+@pytest.fixture
+def fake_dirs(tmp_path):
+    dirs = {"mlx": tmp_path / "mlx", "torch": tmp_path / "torch"}
+    for fw, d in dirs.items():
+        d.mkdir()
+        (d / f"fake_{fw}.py").write_text(FAKE_SCRIPT.format(framework=fw))
+    (dirs["mlx"] / "lonely_mlx.py").write_text("print('no twin')\n")
+    return dirs
+
+
+def run_main(*argv, dirs=None, runs_dir):
+    extra = ["--script-dirs", str(dirs["mlx"]), str(dirs["torch"])] if dirs else []
+    return bench_run.main(["--runs-dir", str(runs_dir), *extra, *argv])
+
+
+# ---------------------------------------------------------------- runner
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--scripts", "nosuch"], r"unknown script 'nosuch'; pairs found: fake"),
+        (["--scripts", "lonely"], r"'lonely' has no twin: .*lonely_mlx.py exists but .*lonely_torch.py does not"),
+        (["--scripts", "fake", "--frameworks", "mlx", "jax"], r"unknown framework 'jax' \(choose from mlx, torch\)"),
+        (["--scripts", "fake", "--mlx-blas", "mkl"], r"unknown --mlx-blas 'mkl'"),
+        (["--scripts", "fake", "--workers", "0"], r"--workers must be positive"),
+    ],
+)
+def test_bad_input_exits_with_one_line_before_running(argv, message, fake_dirs, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        run_main(*argv, dirs=fake_dirs, runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_expand_uses_registry_script_defaults_and_pass_through(fake_dirs):
+    opts = bench_run.parse(["--scripts", "fake", "--seeds", "1", "2", "--mlx-blas", "openblas", "bundled", "--", "--extra", "5"])
+    specs = bench_run.expand(opts, fake_dirs)
+    # no registry entry: the script's own env default and budget; MLX and torch runs of a seed adjacent
+    assert [(s.env_id, s.seed, s.variant) for s in specs] == [
+        ("FakeEnv-v0", seed, v) for seed in (1, 2) for v in ("mlx", "mlx-bundled", "torch")
+    ]
+    assert all(s.args == ["--env-id", "FakeEnv-v0", "--seed", str(s.seed), "--extra", "5"] for s in specs)
+    assert [s.env for s in specs[:3]] == [{"CLEANRL_MLX_BLAS": None}, {"CLEANRL_MLX_BLAS": "bundled"}, {}]
+    # the registry's entry for ppo gives its envs and budget; the CLI overrides them
+    (ppo,) = bench_run.expand(
+        bench_run.parse(["--scripts", "ppo", "--seeds", "1", "--frameworks", "torch"]), bench_run.DEFAULT_DIRS
+    )
+    assert ppo.args == ["--env-id", "CartPole-v1", "--seed", "1", "--total-timesteps", "500000"]
+    cli = bench_run.parse(
+        ["--scripts", "ppo", "--seeds", "1", "--frameworks", "torch", "--env-ids", "Acrobot-v1", "--total-timesteps", "4096"]
+    )
+    (ppo,) = bench_run.expand(cli, bench_run.DEFAULT_DIRS)
+    assert ppo.args == ["--env-id", "Acrobot-v1", "--seed", "1", "--total-timesteps", "4096"]
+
+
+def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp_path, capsys):
+    rc = run_main(
+        "--scripts",
+        "fake",
+        "--seeds",
+        "1",
+        "2",
+        "--workers",
+        "2",
+        "--tag",
+        "t",
+        "--",
+        "--extra",
+        "7",
+        dirs=fake_dirs,
+        runs_dir=tmp_path / "runs",
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "fake__FakeEnv-v0__mlx__2" in err and "FAILED with exit code 3" in err
+    assert "boom: the fake mlx script failed on purpose" in err  # the log tail
+    assert "1 of 4 runs failed" in err
+    records = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs" / "t").glob("*/run.json")}
+    assert {k: r["returncode"] for k, r in records.items()} == {
+        "fake__FakeEnv-v0__mlx__1": 0,
+        "fake__FakeEnv-v0__mlx__2": 3,
+        "fake__FakeEnv-v0__torch__1": 0,
+        "fake__FakeEnv-v0__torch__2": 0,
+    }
+
+    rows = report.write_report(tmp_path / "runs" / "t", tmp_path / "out")
+    by_variant = {r["variant"]: r for r in rows}
+    mlx, torch = by_variant["mlx"], by_variant["torch"]
+    assert (mlx["seeds"], mlx["failed_runs"], torch["seeds"], torch["failed_runs"]) == (1, 1, 2, 0)
+    # last 100 of seed*1000 + extra + 0..149 -> seed*1000 + 7 + 99.5; torch: mean/std over seeds 1, 2
+    assert mlx["return_mean"] == pytest.approx(1106.5) and mlx["return_std"] == 0
+    assert torch["return_mean"] == pytest.approx(1606.5) and torch["return_std"] == pytest.approx(500)
+    # median SPS per run (mlx seed 1: 200; torch: 60, 120), median over runs; ratio mlx/torch
+    assert mlx["sps_median"] == 200 and torch["sps_median"] == 90
+    assert mlx["sps_ratio_vs_torch"] == pytest.approx(200 / 90)
+    assert (mlx["inference_us"], torch["inference_us"], torch["env_us"], torch["update_us"]) == (20, 40, 10, 30)
+    assert mlx["blas"] == "openblas" and torch["published_return"] == ""
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Failed runs" in md and "boom: the fake mlx script failed on purpose" in md
+    assert "| fake | FakeEnv-v0 | mlx | openblas | 1 | 1,000 | 1106.50 ± 0.00 | – | 200 | 2.22 |" in md
+
+
+# ---------------------------------------------------------------- a real sweep, end to end
+
+
+def test_report_on_a_real_ppo_sweep(tmp_path):
+    """PPO, one seed, MLX and torch, 2048 steps each: the real scripts through the runner and the
+    report (one test, so that pytest-xdist does not run the sweep twice)."""
+    tmp = tmp_path
+    sweep = "--scripts ppo --seeds 1 --total-timesteps 2048 --workers 2 --tag tiny".split()
+    rc = bench_run.main([*sweep, "--runs-dir", str(tmp)])
+    assert rc == 0
+    rows = report.write_report(tmp / "tiny", tmp / "results")
+
+    # the table's numbers are the logged scalars'
+    assert [r["variant"] for r in rows] == ["mlx", "torch"]
+    with open(tmp / "results" / "results.csv") as f:
+        csv_rows = {r["variant"]: r for r in csv.DictReader(f)}
+    for row in rows:
+        (tb_dir,) = (tmp / "tiny" / f"ppo__CartPole-v1__{row['variant']}__1" / "runs").iterdir()
+        scalars = read_scalars(tb_dir)
+        returns = [v for _, v in scalars["charts/episodic_return"]]
+        assert row["sps_median"] == pytest.approx(np.median([v for _, v in scalars["charts/SPS"]]))
+        assert row["return_mean"] == pytest.approx(np.mean(returns[-100:]))
+        assert row["update_us"] == pytest.approx(np.median([v for _, v in scalars["timing/update_us"]]))
+        assert row["total_timesteps"] == 2048 and row["seeds"] == 1 and row["failed_runs"] == 0
+        assert float(csv_rows[row["variant"]]["sps_median"]) == pytest.approx(row["sps_median"])
+        assert row["published_return"] == 490.04  # CleanRL's ppo.py CartPole-v1 (at 500k steps)
+    assert rows[0]["sps_ratio_vs_torch"] == pytest.approx(rows[0]["sps_median"] / rows[1]["sps_median"])
+    assert rows[0]["blas"] in ("openblas", "bundled") and rows[0]["device"] in ("cpu", "gpu")
+
+    # the files: plots, results.md with the machine, the README block
+    out = tmp / "results"
+    for png in ("curves_ppo__CartPole-v1.png", "sps.png", "timing.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    md = (out / "results.md").read_text()
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine["cpu"] in md and f"mlx {machine['mlx']}" in md and f"BLAS {rows[0]['blas']}" in md
+    assert f"| {rows[0]['sps_median']:.0f} |" in md and "490.04 ± 6.12 (at 500,000 steps)" in md
+
+    page = tmp_path / "README.md"
+    page.write_text("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
+    readme.update_readme([out], page)
+    text = page.read_text()
+    assert "old" not in text and text.endswith("<!-- results:end -->\n\nafter\n")
+    assert f"torch {machine['torch']}" in text and f"BLAS {rows[0]['blas']}" in text
+    assert f"| ppo | CartPole-v1 | 2,048 | mlx | {rows[0]['blas']} | 1 |" in text
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def test_ray_backend_runs_the_same_sweep(tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        sweep = "--scripts ppo --seeds 1 --total-timesteps 2048 --backend ray --tag r".split()
+        rc = bench_run.main([*sweep, "--runs-dir", str(tmp_path)])
+    finally:
+        ray.shutdown()
+    assert rc == 0
+    runs = report.load_sweep(tmp_path / "r")
+    assert sorted(r["variant"] for r in runs) == ["mlx", "torch"]
+    assert all(r["returncode"] == 0 and r["steps"] == 2048 and r["sps"] > 0 for r in runs)
+
+
+# ---------------------------------------------------------------- micro-benchmark
+
+
+def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
+    import torch
+
+    from benchmark import microbench
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored afterwards
+    monkeypatch.delenv("CLEANRL_MLX_BLAS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        results = microbench.main(["--script", "ppo", "--repeats", "3", "--warmup", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    cases = ["forward (actor + critic)", "loss terms (forward excluded)", "forward + loss", "forward + loss + backward"]
+    cases += ["optimizer step (clip + Adam)", "full update (one minibatch)"]
+    assert list(results) == cases
+    assert all(set(results[c]) == set(microbench.VARIANTS) and all(v[0] > 0 for v in results[c].values()) for c in cases)
+    md = (tmp_path / "ppo.md").read_text()
+    for c in cases:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {c} |"))
+        assert f"{results[c]['torch'][0]:.1f}" in row and f"{results[c]['mlx compiled'][0]:.1f}" in row
+    assert "minibatch 128 rows" in md and "BLAS " in md
+    with open(tmp_path / "ppo.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(cases) * len(microbench.VARIANTS)
+    assert (tmp_path / "ppo.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="no adapter for 'nosuch'"):
+        microbench.main(["--script", "nosuch"])
+
+
+def test_report_track_uploads_offline_grouped_by_algo_env(fake_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert (
+        run_main(
+            "--scripts", "fake", "--seeds", "3", "--frameworks", "torch", "--tag", "w", dirs=fake_dirs, runs_dir=tmp_path / "runs"
+        )
+        == 0
+    )
+    report.upload_wandb(report.load_sweep(tmp_path / "runs" / "w"), "cleanrl-mlx", wandb_dir=str(tmp_path))
+    (offline_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    (record,) = offline_run.glob("*.wandb")
+    data = record.read_bytes()
+    assert b"fake__FakeEnv-v0" in data and b"framework" in data and b"charts/SPS" in data and b"global_step" in data
