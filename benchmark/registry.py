@@ -26,6 +26,19 @@ class Published:
 BENCH: dict[str, Bench] = {
     # CleanRL's own budget for ppo.py on classic control, so the published return below applies.
     "ppo": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
+    # Short budgets for the other pairs: enough for steady-state SPS and the timing split, not for
+    # CleanRL's final returns (their published numbers need the full budgets).
+    "a2c": Bench(env_ids=("CartPole-v1",), total_timesteps=100_000),
+    "dqn": Bench(env_ids=("CartPole-v1",), total_timesteps=30_000),
+    "c51": Bench(env_ids=("CartPole-v1",), total_timesteps=30_000),
+    "qrdqn": Bench(env_ids=("CartPole-v1",), total_timesteps=50_000),  # rl-zoo's whole budget
+    "qrdqn_actor_learner": Bench(env_ids=("CartPole-v1",), total_timesteps=20_000, extra_args=("--num-actors", "2")),
+    "ppo_continuous_action": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=20_480),
+    "sac": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
+    "td3": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
+    "ddpg": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
+    "ppo_atari": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=4_096),
+    "dqn_atari": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
 }
 
 # CleanRL's published final returns (mean ± std over seeds), keyed by (script, env_id).
