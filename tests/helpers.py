@@ -101,3 +101,30 @@ def assert_adam_steps_match(t_model, m_model, t_loss, m_loss, batches, lr, eps, 
     m_params = dict(tree_flatten(m_model.trainable_parameters()))
     for name, p in t_model.named_parameters():
         assert_close(m_params[name], p, atol=atol, what=f"param {name} after Adam")
+
+
+def assert_clipped_adam_steps_match(t_module, m_module, t_loss, m_loss, batches, lr, eps=1e-5, max_norm=0.5, atol=1e-6):
+    """Global-norm clipping + Adam (MLX with torch's bias correction) from the same weights: after one step
+    per batch, both twins hold the same parameters. `t_loss(batch)` / `m_loss(*batch)` return (loss, ...)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    import torch
+    from mlx.utils import tree_flatten
+
+    t_opt = torch.optim.Adam(t_module.parameters(), lr=lr, eps=eps)
+    m_opt = optim.Adam(learning_rate=lr, eps=eps, bias_correction=True)
+    m_opt.init(m_module.trainable_parameters())
+    loss_and_grad = nn.value_and_grad(m_module, m_loss)
+    for t_batch, m_batch in batches:
+        t_opt.zero_grad()
+        t_loss(t_batch)[0].backward()
+        torch.nn.utils.clip_grad_norm_(t_module.parameters(), max_norm)
+        t_opt.step()
+        _, grads = loss_and_grad(*m_batch)
+        grads, _ = optim.clip_grad_norm(grads, max_norm)
+        m_opt.update(m_module, grads)
+        mx.eval(m_module.parameters())
+    m_params = dict(tree_flatten(m_module.parameters()))
+    for name, p in t_module.named_parameters():
+        assert_close(m_params[name], p, atol=atol, what=f"param {name} after Adam")

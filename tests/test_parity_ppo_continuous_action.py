@@ -4,13 +4,12 @@ CleanRL's GAE; evaluation restores the saved observation statistics and keeps th
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_clipped_adam_steps_match, assert_close, load_script, torch_params_to_mlx
 
 P_MLX = load_script("ppo_continuous_action", "mlx")
 P_TORCH = load_script("ppo_continuous_action", "torch")
@@ -119,24 +118,15 @@ def test_clipped_adam_step_matches(twins):
     """Global-norm clipping + Adam(eps=1e-5) with torch's bias correction: same weights after 3 steps."""
     t_agent, m_agent = twins
     coefs = dict(clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, norm_adv=True, clip_vloss=True)
-    t_opt = torch.optim.Adam(t_agent.parameters(), lr=3e-4, eps=1e-5)
-    m_opt = optim.Adam(learning_rate=3e-4, eps=1e-5, bias_correction=True)
-    m_opt.init(m_agent.trainable_parameters())
-    loss_and_grad = nn.value_and_grad(m_agent, lambda *batch: P_MLX.ppo_loss(m_agent, *batch, **coefs))
-    for step in range(3):
-        b = make_batch(seed=10 + step)
-        t_loss, _ = P_TORCH.ppo_loss(t_agent, *as_torch(b), **coefs)
-        t_opt.zero_grad()
-        t_loss.backward()
-        torch.nn.utils.clip_grad_norm_(t_agent.parameters(), 0.5)
-        t_opt.step()
-        _, grads = loss_and_grad(*as_mlx(b))
-        grads, _ = optim.clip_grad_norm(grads, 0.5)
-        m_opt.update(m_agent, grads)
-        mx.eval(m_agent.parameters())
-    m_params = dict(tree_flatten(m_agent.parameters()))
-    for name, p in t_agent.named_parameters():
-        assert_close(m_params[name], p, atol=1e-6, what=f"param {name} after Adam")
+    batches = [make_batch(seed=10 + step) for step in range(3)]
+    assert_clipped_adam_steps_match(
+        t_agent,
+        m_agent,
+        lambda batch: P_TORCH.ppo_loss(t_agent, *batch, **coefs),
+        lambda *batch: P_MLX.ppo_loss(m_agent, *batch, **coefs),
+        [(as_torch(b), as_mlx(b)) for b in batches],
+        lr=3e-4,
+    )
 
 
 def test_gae_is_the_same_in_both_twins():
