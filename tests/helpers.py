@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.scripts import REPO, load_script, script_path  # noqa: F401 (shared with benchmark/; re-exported)
+from benchmark.scripts import DEFAULT_DIRS, REPO, load_script, script_path  # noqa: F401 (shared with benchmark/; re-exported)
 from benchmark.tbutil import read_scalars
 
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import DIRS, assert_close, load_script, script_path, torch_params_to_mlx
+from tests.helpers import DEFAULT_DIRS as DIRS
+from tests.helpers import assert_close, load_script, script_path, torch_params_to_mlx
 
 NAME = "qrdqn_actor_learner"
 # Spawned actors unpickle their target by module name, so the MLX script is imported as a module here.
