@@ -29,7 +29,7 @@ TIMING_TAGS = ("timing/env_us", "timing/inference_us", "timing/update_us")
 LAST_EPISODES = 100
 COLUMNS = [
     "script", "env_id", "variant", "framework", "blas", "device", "seeds", "total_timesteps",
-    "return_mean", "return_std", "sps_median", "sps_ratio_vs_torch", "wall_s_mean",
+    "return_mean", "return_std", "sps_median", "sps_ratio_vs_torch", "wall_s_mean", "peak_rss_mb",
     "env_us", "inference_us", "update_us",
     "published_return", "published_std", "published_steps", "failed_runs",
 ]  # fmt: skip
@@ -100,6 +100,7 @@ def summarize(runs: list[dict]) -> list[dict]:
             "sps_median": float(np.median([r["sps"] for r in ok])) if ok else math.nan,
             "sps_ratio_vs_torch": math.nan,
             "wall_s_mean": float(np.mean([r["wall_s"] for r in ok])) if ok else math.nan,
+            "peak_rss_mb": max((r.get("peak_rss_mb", math.nan) for r in ok), default=math.nan),
             "env_us": float(np.mean([r["timing/env_us"] for r in ok])) if ok else math.nan,
             "inference_us": float(np.mean([r["timing/inference_us"] for r in ok])) if ok else math.nan,
             "update_us": float(np.mean([r["timing/update_us"] for r in ok])) if ok else math.nan,
@@ -134,14 +135,14 @@ def published_cell(row) -> str:
 def table_md(rows) -> str:
     lines = [
         "| script | env | framework | BLAS | seeds | steps | return (last 100 ep.) | CleanRL published | median SPS | "
-        "MLX/torch SPS | wall (s) | env µs | inference µs | update µs |",
-        "|" + "---|" * 14,
+        "MLX/torch SPS | wall (s) | peak RSS (MB) | env µs | inference µs | update µs |",
+        "|" + "---|" * 15,
     ]
     for r in rows:
         lines.append(
             f"| {r['script']} | {r['env_id']} | {r['variant']} | {r['blas'] or '–'} | {r['seeds']} | {fmt(r['total_timesteps'], ',')} | "
             f"{fmt(r['return_mean'], '.2f')} ± {fmt(r['return_std'], '.2f')} | {published_cell(r)} | {fmt(r['sps_median'], '.0f')} | "
-            f"{fmt(r['sps_ratio_vs_torch'], '.2f')} | {fmt(r['wall_s_mean'])} | {fmt(r['env_us'])} | {fmt(r['inference_us'])} | "
+            f"{fmt(r['sps_ratio_vs_torch'], '.2f')} | {fmt(r['wall_s_mean'])} | {fmt(r['peak_rss_mb'], '.0f')} | {fmt(r['env_us'])} | {fmt(r['inference_us'])} | "
             f"{fmt(r['update_us'])} |"
         )
     return "\n".join(lines)
@@ -296,7 +297,8 @@ def write_report(sweep_dir: Path, out_dir: Path) -> list[dict]:
         "Return: mean ± std over seeds of each run's average over its last 100 episodes. SPS: median over "
         "seeds of each run's median `charts/SPS`. µs columns: the `timing/*` breakdown per env step (median "
         "over the run, mean over seeds). MLX/torch: the SPS ratio (above 1: MLX is faster). Wall: "
-        "the process's wall time, start-up included (mean over seeds).",
+        "the process's wall time, start-up included (mean over seeds). Peak RSS: the script process's "
+        "maximum resident memory (max over seeds; its children, e.g. actor processes, not included).",
         "",
         table_md(rows),
         "",

@@ -109,8 +109,15 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     record = {**spec, "cmd": cmd, "machine": machine_info(), "loadavg_at_start": list(os.getloadavg())}
     start = time.time()
     with open(run_dir / "stdout.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    record |= {"returncode": proc.returncode, "wall_s": time.time() - start, "started": start}
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (its peak RSS), not the pool's
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    record |= {
+        "returncode": proc.returncode,
+        "wall_s": time.time() - start,
+        "started": start,
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB; the script's main process only
+    }
     (run_dir / "run.json").write_text(json.dumps(record, indent=1))
     return record
 

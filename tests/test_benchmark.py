@@ -15,7 +15,8 @@ from benchmark import run as bench_run
 from benchmark.tbutil import read_scalars
 
 # A fake twin: logs 150 episodes with returns seed*1000 + 0..149 and fixed SPS/timing values that
-# depend on the framework; the MLX side fails on seed 2 after printing a recognisable line.
+# depend on the framework; the MLX side fails on seed 2 after printing a recognisable line; the torch
+# side holds 300 MB of written memory (its peak RSS must show it).
 FAKE_SCRIPT = textwrap.dedent(
     '''
     import sys, time
@@ -42,6 +43,7 @@ FAKE_SCRIPT = textwrap.dedent(
     if FRAMEWORK == "mlx" and args.seed == 2:
         print("boom: the fake mlx script failed on purpose", flush=True)
         sys.exit(3)
+    ballast = b"x" * ((300 << 20) if FRAMEWORK == "torch" else 1)  # written, so resident
     writer = SummaryWriter(f"runs/{{args.env_id}}__fake__{{args.seed}}__{{int(time.time())}}")
     for i in range(150):
         writer.add_scalar("charts/episodic_return", args.seed * 1000 + i + args.extra, 10 * i)
@@ -154,9 +156,11 @@ def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp
     assert mlx["sps_ratio_vs_torch"] == pytest.approx(200 / 90)
     assert (mlx["inference_us"], torch["inference_us"], torch["env_us"], torch["update_us"]) == (20, 40, 10, 30)
     assert mlx["blas"] == "openblas" and torch["published_return"] == ""
+    assert torch["peak_rss_mb"] >= 300 > mlx["peak_rss_mb"] > 10  # the runner's os.wait4, per child
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Failed runs" in md and "boom: the fake mlx script failed on purpose" in md
     assert "| fake | FakeEnv-v0 | mlx | openblas | 1 | 1,000 | 1106.50 ± 0.00 | – | 200 | 2.22 |" in md
+    assert f"| {torch['peak_rss_mb']:.0f} | 10.0 | 40.0 | 30.0 |" in md
 
 
 # ---------------------------------------------------------------- a real sweep, end to end
