@@ -272,3 +272,19 @@ def test_report_track_uploads_offline_grouped_by_algo_env(fake_dirs, tmp_path, m
     (record,) = offline_run.glob("*.wandb")
     data = record.read_bytes()
     assert b"fake__FakeEnv-v0" in data and b"framework" in data and b"charts/SPS" in data and b"global_step" in data
+
+
+def test_atari_memory_measures_the_filled_buffer(tmp_path):
+    """dqn_atari's default buffer (1M) with 30k transitions written: the written frames (~200 MB) are
+    resident, the naive obs+next_obs layout is 8x the frame store, and the table shows both twins."""
+    from benchmark import atari_memory
+
+    assert atari_memory.main(["--transitions", "30000", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["framework"] for r in rows] == ["mlx", "torch"]
+    for r in rows:
+        assert r["buffer_size"] == 1_000_000 and r["transitions_added"] == 30_000
+        assert r["naive_buffer_mb"] > 7.9 * r["buffer_mb"] > 7.9 * 6_700
+        assert r["peak_rss_mb"] - r["rss_before_buffer_mb"] > 30_000 * 84 * 84 / 2**20  # the frames really are stored
+    md = (tmp_path / "results.md").read_text()
+    assert f"| mlx | 1,000,000 | 30,000 | {rows[0]['buffer_mb']:,.0f} |" in md and "| torch |" in md
