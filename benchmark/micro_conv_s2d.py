@@ -68,15 +68,20 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--cache-limit-mb", type=int, default=None, help="MLX buffer-cache limit (default: MLX's, 32 MB on CPU)")
     args = parser.parse_args()
     mx.set_default_device(mx.cpu)
+    if args.cache_limit_mb is not None:
+        mx.set_cache_limit(args.cache_limit_mb << 20)
     agent = P.Agent(4)
     models = {"plain strided conv": PlainCNN(agent), "space-to-depth": S2DCNN(agent)}
     mx.eval([m.parameters() for m in models.values()])
     x = mx.random.randint(0, 256, (args.batch, 4, 84, 84)).astype(mx.uint8)
     outs = [m(x) for m in models.values()]
     assert mx.allclose(outs[0], outs[1], atol=1e-4).item(), "the two forms disagree"
-    print(f"mlx {mx.__version__}, BLAS {P.BLAS}, batch {args.batch}, {args.repeats} repeats")
+    print(
+        f"mlx {mx.__version__}, BLAS {P.BLAS}, batch {args.batch}, {args.repeats} repeats, cache limit {args.cache_limit_mb or 32} MB"
+    )
     for name, model in models.items():
         fwd, grad = time_forward(model, x, args.repeats), time_grad(model, x, args.repeats)
         print(f"{name:>20}: forward {1e3 * fwd:8.1f} ms   forward+backward {1e3 * grad:8.1f} ms")

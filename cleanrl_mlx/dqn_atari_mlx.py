@@ -424,6 +424,10 @@ if __name__ == "__main__":
         print("dqn_atari_mlx: MLX has no GPU backend here, running on cpu")
         args.device = "cpu"
     mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    # MLX's CPU allocator keeps only 32 MB of freed buffers for reuse (the GPU backends keep up to the memory
+    # limit). The CNN's im2col temporaries are ~100 MB at batch 256, so each would be a fresh allocation,
+    # page-faulted in on every gradient step: raising the limit makes the CPU update ~1.9x faster.
+    mx.set_cache_limit(mx.get_memory_limit())
     print(f"dqn_atari_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
     random.seed(args.seed)
     np.random.seed(args.seed)
