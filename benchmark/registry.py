@@ -29,8 +29,10 @@ BENCH: dict[str, Bench] = {
     # Short budgets for the other pairs: enough for steady-state SPS and the timing split, not for
     # CleanRL's final returns (their published numbers need the full budgets).
     "a2c": Bench(env_ids=("CartPole-v1",), total_timesteps=100_000),
-    "dqn": Bench(env_ids=("CartPole-v1",), total_timesteps=30_000),
-    "c51": Bench(env_ids=("CartPole-v1",), total_timesteps=30_000),
+    # CleanRL's own budgets for dqn.py and c51.py: the first 10k steps only collect, epsilon anneals over
+    # 250k, so a short run times mostly the exploring phase rather than the greedy steady state
+    "dqn": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
+    "c51": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
     "qrdqn": Bench(env_ids=("CartPole-v1",), total_timesteps=50_000),  # rl-zoo's whole budget
     "qrdqn_actor_learner": Bench(env_ids=("CartPole-v1",), total_timesteps=20_000, extra_args=("--num-actors", "2")),
     "ppo_continuous_action": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=20_480),
@@ -50,6 +52,10 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ("ppo", "MountainCar-v0"): Published(
         -200.00, 0.00, 500_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"
     ),
+    # https://docs.cleanrl.dev/rl-algorithms/dqn/#experiment-results and .../c51/#experiment-results
+    # (docs/rl-algorithms/{dqn,c51}.md, vwxyzjn/cleanrl@fe8d8a0): dqn.py / c51.py, 500k steps, 3 seeds.
+    ("dqn", "CartPole-v1"): Published(488.69, 16.11, 500_000, "https://docs.cleanrl.dev/rl-algorithms/dqn/#experiment-results"),
+    ("c51", "CartPole-v1"): Published(481.20, 20.53, 500_000, "https://docs.cleanrl.dev/rl-algorithms/c51/#experiment-results"),
 }
 
 
