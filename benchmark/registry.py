@@ -56,6 +56,13 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     # (docs/rl-algorithms/{dqn,c51}.md, vwxyzjn/cleanrl@fe8d8a0): dqn.py / c51.py, 500k steps, 3 seeds.
     ("dqn", "CartPole-v1"): Published(488.69, 16.11, 500_000, "https://docs.cleanrl.dev/rl-algorithms/dqn/#experiment-results"),
     ("c51", "CartPole-v1"): Published(481.20, 20.53, 500_000, "https://docs.cleanrl.dev/rl-algorithms/c51/#experiment-results"),
+    # https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results (same page): ppo_atari.py, 10M steps, 3 seeds.
+    ("ppo_atari", "BreakoutNoFrameskip-v4"): Published(
+        414.66, 28.09, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"
+    ),
+    ("ppo_atari", "PongNoFrameskip-v4"): Published(
+        20.36, 0.20, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"
+    ),
 }
 
 
