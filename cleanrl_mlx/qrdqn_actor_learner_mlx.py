@@ -49,8 +49,13 @@ if LEARNER_PROCESS:
     import mlx.optimizers as optim
     import tyro
     from mlx.utils import tree_map
-    from tensorboardX import SummaryWriter
     from tqdm import tqdm
+
+    sys.modules.setdefault("torch", None)  # a None entry makes tensorboardX's `import torch` fail: it goes on without
+    from tensorboardX import SummaryWriter
+
+    if sys.modules["torch"] is None:
+        del sys.modules["torch"]
 else:
     nn = SimpleNamespace(Module=object)  # QNetwork's base class; an actor never builds one
 

@@ -2,11 +2,13 @@
 --track run under WANDB_MODE=offline, the BLAS opt-out, and same-seed determinism of the MLX side."""
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import check_ok, episodic_returns, run_dirs, run_script, scalars_of_single_run
+from tests.helpers import REPO, check_ok, episodic_returns, run_dirs, run_script, scalars_of_single_run
 
 # Tiny-budget arguments per script; each pair adds its line here. A key "name:variant" runs script
 # `name` once more with other arguments (e.g. the continuous head of a script that has both).
@@ -137,3 +139,19 @@ def test_mlx_same_seed_same_run(name, tmp_path):
     assert len(returns[0]) > 0
     np.testing.assert_array_equal(returns[0], returns[2])
     np.testing.assert_array_equal(returns[1], returns[3])
+
+
+def test_mlx_scripts_do_not_import_torch():
+    """tensorboardX imports torch whenever it is installed (~1.5 s, ~180 MB per process): every MLX
+    script hides it while importing tensorboardX, so its start-up and memory are MLX's own."""
+    code = (
+        "import sys\n"
+        "from benchmark.scripts import discover, load_script\n"
+        "for name in discover():\n"
+        "    load_script(name, 'mlx')\n"
+        "    assert 'torch' not in sys.modules, name + ' imported torch'\n"
+        "import torch\n"  # and torch itself still imports afterwards
+        "print('ok', len(discover()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok "), proc.stdout + proc.stderr
