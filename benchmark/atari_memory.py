@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.machine import describe, machine_info
+from benchmark.machine import describe, machine_info, peak_rss_mb
 from benchmark.report import RESULTS_DIR
 from benchmark.scripts import load_script
 
@@ -28,7 +28,13 @@ FRAME = (84, 84)
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS so far. ru_maxrss is the fallback off Linux (macOS reports bytes); on Linux
+    it would include the RSS of the process that started this one."""
+    peak = peak_rss_mb()
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
 
 
 def fill_and_sample(framework: str, transitions: int | None) -> dict:

@@ -53,3 +53,17 @@ def describe(info: dict) -> str:
         f"{info['cpu']}, {info['cores']} cores, {info['os']}; Python {info['python']}, mlx {info['mlx']}, "
         f"torch {info['torch']}, gymnasium {info['gymnasium']}"
     )
+
+
+def peak_rss_mb(pid="self"):
+    """Peak resident memory (MB) of a live process, from VmHWM in /proc/<pid>/status (Linux); None where
+    that cannot be read. Not getrusage's ru_maxrss: Linux carries it over from the parent across fork
+    and exec, so a child started by a big process (a test runner) reports at least the parent's size."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -100,7 +100,7 @@ def summarize(runs: list[dict]) -> list[dict]:
             "sps_median": float(np.median([r["sps"] for r in ok])) if ok else math.nan,
             "sps_ratio_vs_torch": math.nan,
             "wall_s_mean": float(np.mean([r["wall_s"] for r in ok])) if ok else math.nan,
-            "peak_rss_mb": max((r.get("peak_rss_mb", math.nan) for r in ok), default=math.nan),
+            "peak_rss_mb": max((r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb")), default=math.nan),
             "env_us": float(np.mean([r["timing/env_us"] for r in ok])) if ok else math.nan,
             "inference_us": float(np.mean([r["timing/inference_us"] for r in ok])) if ok else math.nan,
             "update_us": float(np.mean([r["timing/update_us"] for r in ok])) if ok else math.nan,

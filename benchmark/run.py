@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from benchmark.machine import machine_info
+from benchmark.machine import machine_info, peak_rss_mb
 from benchmark.registry import bench_for
 from benchmark.scripts import DEFAULT_DIRS, FRAMEWORKS, REPO, check_scripts, discover, script_path
 
@@ -110,14 +110,11 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     start = time.time()
     with open(run_dir / "stdout.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (its peak RSS), not the pool's
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    record |= {
-        "returncode": proc.returncode,
-        "wall_s": time.time() - start,
-        "started": start,
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB; the script's main process only
-    }
+        peak = None  # the script process's own peak RSS, polled while it runs (a peak in its last 0.2 s can be missed)
+        while proc.poll() is None:
+            peak = max(filter(None, (peak, peak_rss_mb(proc.pid))), default=None)
+            time.sleep(0.2)
+    record |= {"returncode": proc.returncode, "wall_s": time.time() - start, "started": start, "peak_rss_mb": peak}
     (run_dir / "run.json").write_text(json.dumps(record, indent=1))
     return record
 

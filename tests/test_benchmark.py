@@ -43,7 +43,9 @@ FAKE_SCRIPT = textwrap.dedent(
     if FRAMEWORK == "mlx" and args.seed == 2:
         print("boom: the fake mlx script failed on purpose", flush=True)
         sys.exit(3)
-    ballast = b"x" * ((300 << 20) if FRAMEWORK == "torch" else 1)  # written, so resident
+    if FRAMEWORK == "torch":
+        ballast = b"x" * (300 << 20)  # written, so resident; held long enough for the runner to see it
+        time.sleep(1.0)
     writer = SummaryWriter(f"runs/{{args.env_id}}__fake__{{args.seed}}__{{int(time.time())}}")
     for i in range(150):
         writer.add_scalar("charts/episodic_return", args.seed * 1000 + i + args.extra, 10 * i)
