@@ -621,8 +621,20 @@ if __name__ == "__main__":
     last_return = float("nan")
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
 
+    # Ctrl-C only sets a flag, checked once per pass (every wait below times out within 1 s): a
+    # KeyboardInterrupt raised at an arbitrary point can land inside tensorboardX's queue and leave its
+    # logger thread unwoken, and writer.close() then hangs. A second Ctrl-C interrupts at once.
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         while global_step < args.total_timesteps:
+            if interrupted:
+                raise KeyboardInterrupt
             # keep the replay ratio: train while updates are owed, otherwise wait (blocking) for data
             owed = rb.size >= args.learning_starts and updates < args.replay_ratio * (global_step - args.learning_starts)
             if not owed:
@@ -697,6 +709,7 @@ if __name__ == "__main__":
         print(error, file=sys.stderr)
         raise SystemExit(f"{script}: {str(error).splitlines()[0]}") from None
     finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         progress.close()
         pool.close()  # stop event, joins with timeouts; the shared memory goes with the processes
 
