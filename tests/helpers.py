@@ -128,3 +128,16 @@ def assert_clipped_adam_steps_match(t_module, m_module, t_loss, m_loss, batches,
     m_params = dict(tree_flatten(m_module.parameters()))
     for name, p in t_module.named_parameters():
         assert_close(m_params[name], p, atol=atol, what=f"param {name} after Adam")
+
+
+def cross_load(m_module, t_module, fresh_m, fresh_t, tmp_path):
+    """Each twin saves its module with its own framework; the file loads into a fresh module of the other
+    (torch's load_state_dict is strict). Returns (fresh_m with t_module's weights, fresh_t with m_module's)."""
+    from safetensors.torch import load_file, save_file
+
+    m_path, t_path = str(tmp_path / "m.safetensors"), str(tmp_path / "t.safetensors")
+    m_module.save_weights(m_path)
+    fresh_t.load_state_dict(load_file(m_path))
+    save_file({k: v.contiguous() for k, v in t_module.state_dict().items()}, t_path)
+    fresh_m.load_weights(t_path)
+    return fresh_m, fresh_t

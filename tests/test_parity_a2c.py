@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
 
 P_MLX = load_script("a2c", "mlx")
 P_TORCH = load_script("a2c", "torch")
@@ -207,18 +207,11 @@ def test_gae_lambda_one_is_nstep_returns():
 @pytest.mark.parametrize("head", HEADS)
 def test_weights_load_across_frameworks(head, tmp_path):
     """A file saved by either twin loads in the other (names and shapes match, log std included)."""
-    from safetensors.torch import load_file, save_file
-
     action_dim, continuous = HEADS[head]
     t_agent, m_agent = make_twins(head)
-    m_path = str(tmp_path / "m.safetensors")
-    m_agent.save_weights(m_path)
-    fresh_t = P_TORCH.Agent(OBS_DIM, action_dim, continuous)
-    fresh_t.load_state_dict(load_file(m_path))
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t_agent.state_dict().items()}, t_path)
-    fresh_m = P_MLX.Agent(OBS_DIM, action_dim, continuous)
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(
+        m_agent, t_agent, P_MLX.Agent(OBS_DIM, action_dim, continuous), P_TORCH.Agent(OBS_DIM, action_dim, continuous), tmp_path
+    )
     b = make_batch(head)
     t_lp, _ = fresh_t.get_logprob_entropy(torch.tensor(b["obs"]), torch.tensor(b["actions"]))
     m_lp, _ = fresh_m.get_logprob_entropy(mx.array(b["obs"]), mx.array(b["actions"]))

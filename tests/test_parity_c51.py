@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_adam_steps_match, assert_close, load_script, replay_batch, torch_params_to_mlx
+from tests.helpers import assert_adam_steps_match, assert_close, cross_load, load_script, replay_batch, torch_params_to_mlx
 
 C_MLX = load_script("c51", "mlx")
 C_TORCH = load_script("c51", "torch")
@@ -140,17 +140,10 @@ def test_adam_steps_match(twins):
 
 
 def test_weights_load_across_frameworks(twins, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     t_q, _, m_q, _ = twins
     kw = dict(n_atoms=N_ATOMS, v_min=V_MIN, v_max=V_MAX)
-    m_path = str(tmp_path / "m.safetensors")
-    m_q.save_weights(m_path)
-    fresh_t = C_TORCH.QNetwork(OBS_DIM, N_ACTIONS, **kw)
-    fresh_t.load_state_dict(load_file(m_path))  # strict: includes the `atoms` buffer
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t_q.state_dict().items()}, t_path)
-    fresh_m = C_MLX.QNetwork(OBS_DIM, N_ACTIONS, **kw)
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(
+        m_q, t_q, C_MLX.QNetwork(OBS_DIM, N_ACTIONS, **kw), C_TORCH.QNetwork(OBS_DIM, N_ACTIONS, **kw), tmp_path
+    )  # strict: includes the `atoms` buffer
     x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
     assert_close(fresh_m.get_action(mx.array(x))[1], fresh_t.get_action(torch.tensor(x))[1], atol=1e-6)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
 
 D_MLX = load_script("dqn_atari", "mlx")
 D_TORCH = load_script("dqn_atari", "torch")
@@ -94,17 +94,8 @@ def test_hard_target_update_copies(twins):
 
 
 def test_weights_round_trip_both_ways(twins, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     t_net, m_net = twins
     obs = make_batch(seed=5)[0]
-    m_path = str(tmp_path / "m.safetensors")
-    m_net.save_weights(m_path)
-    fresh_t = D_TORCH.QNetwork(N_ACTIONS)
-    fresh_t.load_state_dict(load_file(m_path))
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t_net.state_dict().items()}, t_path)
-    fresh_m = D_MLX.QNetwork(N_ACTIONS)
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(m_net, t_net, D_MLX.QNetwork(N_ACTIONS), D_TORCH.QNetwork(N_ACTIONS), tmp_path)
     assert_close(m_net(mx.array(obs)), fresh_t(torch.tensor(obs)), what="torch <- mlx file")
     assert_close(fresh_m(mx.array(obs)), t_net(torch.tensor(obs)), what="mlx <- torch file")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_clipped_adam_steps_match, assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_clipped_adam_steps_match, assert_close, cross_load, load_script, torch_params_to_mlx
 
 P_MLX = load_script("ppo", "mlx")
 P_TORCH = load_script("ppo", "torch")
@@ -143,16 +143,7 @@ def test_gae_matches_reference_across_episode_boundaries():
 
 def test_weights_load_across_frameworks(twins, tmp_path):
     """A file saved by either twin loads in the other (names and shapes match)."""
-    from safetensors.torch import load_file, save_file
-
     t_agent, m_agent = twins
-    m_path = str(tmp_path / "m.safetensors")
-    m_agent.save_weights(m_path)
-    fresh_t = P_TORCH.Agent(OBS_DIM, N_ACTIONS)
-    fresh_t.load_state_dict(load_file(m_path))
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t_agent.state_dict().items()}, t_path)
-    fresh_m = P_MLX.Agent(OBS_DIM, N_ACTIONS)
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(m_agent, t_agent, P_MLX.Agent(OBS_DIM, N_ACTIONS), P_TORCH.Agent(OBS_DIM, N_ACTIONS), tmp_path)
     x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
     assert_close(fresh_m.get_logits(mx.array(x)), fresh_t.get_logits(torch.tensor(x)))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
 
 P_MLX = load_script("ppo_atari", "mlx")
 P_TORCH = load_script("ppo_atari", "torch")
@@ -129,18 +129,9 @@ def test_loss_terms_and_gradients(twins, norm_adv, clip_vloss):
 
 def test_weights_round_trip_both_ways(twins, tmp_path):
     """The on-disk layout is torch's: a file saved by either twin loads in the other unchanged."""
-    from safetensors.torch import load_file, save_file
-
     t_agent, m_agent = twins
     obs = make_batch(seed=5)["obs"]
-    m_path = str(tmp_path / "m.safetensors")
-    m_agent.save_weights(m_path)
-    fresh_t = P_TORCH.Agent(N_ACTIONS)
-    fresh_t.load_state_dict(load_file(m_path))
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t_agent.state_dict().items()}, t_path)
-    fresh_m = P_MLX.Agent(N_ACTIONS)
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(m_agent, t_agent, P_MLX.Agent(N_ACTIONS), P_TORCH.Agent(N_ACTIONS), tmp_path)
     assert_close(m_agent.get_logits(mx.array(obs)), fresh_t.get_logits(torch.tensor(obs)), what="torch <- mlx file")
     assert_close(fresh_m.get_logits(mx.array(obs)), t_agent.get_logits(torch.tensor(obs)), what="mlx <- torch file")
 

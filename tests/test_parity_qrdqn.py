@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_adam_steps_match, assert_close, load_script, replay_batch, torch_params_to_mlx
+from tests.helpers import assert_adam_steps_match, assert_close, cross_load, load_script, replay_batch, torch_params_to_mlx
 
 Q_MLX = load_script("qrdqn", "mlx")
 Q_TORCH = load_script("qrdqn", "torch")
@@ -121,16 +121,9 @@ def test_adam_steps_match(twins):
 
 
 def test_weights_load_across_frameworks(twins, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     t_q, _, m_q, _ = twins
-    m_path = str(tmp_path / "m.safetensors")
-    m_q.save_weights(m_path)
-    fresh_t = Q_TORCH.QNetwork(OBS_DIM, N_ACTIONS, **NET)
-    fresh_t.load_state_dict(load_file(m_path))
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t_q.state_dict().items()}, t_path)
-    fresh_m = Q_MLX.QNetwork(OBS_DIM, N_ACTIONS, **NET)
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(
+        m_q, t_q, Q_MLX.QNetwork(OBS_DIM, N_ACTIONS, **NET), Q_TORCH.QNetwork(OBS_DIM, N_ACTIONS, **NET), tmp_path
+    )
     x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
     assert_close(fresh_m(mx.array(x)), fresh_t(torch.tensor(x)))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
 
 S_MLX = load_script("sac", "mlx")
 S_TORCH = load_script("sac", "torch")
@@ -187,17 +187,14 @@ def test_adam_steps_and_polyak_match(twins):
 
 def test_weights_load_across_frameworks(twins, tmp_path):
     """The actor saved by either twin (buffers included) loads in the other."""
-    from safetensors.torch import load_file, save_file
-
     t, m = twins
-    m_path = str(tmp_path / "m.safetensors")
-    m["actor"].save_weights(m_path)
-    fresh_t = S_TORCH.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM))
-    fresh_t.load_state_dict(load_file(m_path))
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t["actor"].state_dict().items()}, t_path)
-    fresh_m = S_MLX.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM))
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(
+        m["actor"],
+        t["actor"],
+        S_MLX.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM)),
+        S_TORCH.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM)),
+        tmp_path,
+    )
     x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
     assert_close(
         fresh_m.get_action(mx.array(x), mx.zeros((5, ACT_DIM)))[2],

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
 
 T_MLX = load_script("td3", "mlx")
 T_TORCH = load_script("td3", "torch")
@@ -119,16 +119,13 @@ def test_polyak_update(twins):
 
 
 def test_weights_load_across_frameworks(twins, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     t, m = twins
-    m_path = str(tmp_path / "m.safetensors")
-    m["actor"].save_weights(m_path)
-    fresh_t = T_TORCH.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM))
-    fresh_t.load_state_dict(load_file(m_path))
-    t_path = str(tmp_path / "t.safetensors")
-    save_file({k: v.contiguous() for k, v in t["actor"].state_dict().items()}, t_path)
-    fresh_m = T_MLX.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM))
-    fresh_m.load_weights(t_path)
+    fresh_m, fresh_t = cross_load(
+        m["actor"],
+        t["actor"],
+        T_MLX.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM)),
+        T_TORCH.Actor(OBS_DIM, ACT_DIM, np.zeros(ACT_DIM), np.ones(ACT_DIM)),
+        tmp_path,
+    )
     x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
     assert_close(fresh_m(mx.array(x)), fresh_t(torch.tensor(x)).detach())
