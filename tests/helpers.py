@@ -78,6 +78,20 @@ def replay_batch(seed, batch_size, obs_dim, n_actions, terminal_fraction=0.25):
     )
 
 
+def continuous_batch(seed, batch_size, obs_dim, act_dim, low, high, terminal_fraction=0.3):
+    """A random replay batch for the continuous-action scripts (dict of float32 numpy arrays, actions
+    within [low, high]) and the generator, so a test can draw its own noise from the same stream."""
+    rng = np.random.default_rng(seed)
+    batch = {
+        "obs": rng.normal(size=(batch_size, obs_dim)).astype(np.float32),
+        "actions": rng.uniform(low, high, size=(batch_size, act_dim)).astype(np.float32),
+        "next_obs": rng.normal(size=(batch_size, obs_dim)).astype(np.float32),
+        "rewards": rng.normal(size=batch_size).astype(np.float32),
+        "dones": (rng.random(batch_size) < terminal_fraction).astype(np.float32),
+    }
+    return batch, rng
+
+
 def assert_adam_steps_match(t_model, m_model, t_loss, m_loss, batches, lr, eps, atol=1e-6):
     """A few Adam steps (torch's, and MLX's with bias_correction=True) on the same batches leave the same
     weights. t_loss(batch) / m_loss(batch) return the scalar loss of the live model on a numpy batch."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, continuous_batch, load_script, torch_params_to_mlx
 
 D_MLX = load_script("ddpg", "mlx")
 D_TORCH = load_script("ddpg", "torch")
@@ -29,14 +29,7 @@ def twins():
 
 
 def make_batch(seed=1):
-    rng = np.random.default_rng(seed)
-    return {
-        "obs": rng.normal(size=(B, OBS_DIM)).astype(np.float32),
-        "actions": rng.uniform(LOW, HIGH, size=(B, ACT_DIM)).astype(np.float32),
-        "next_obs": rng.normal(size=(B, OBS_DIM)).astype(np.float32),
-        "rewards": rng.normal(size=B).astype(np.float32),
-        "dones": (rng.random(B) < 0.3).astype(np.float32),
-    }
+    return continuous_batch(seed, B, OBS_DIM, ACT_DIM, LOW, HIGH)[0]
 
 
 def test_parameter_names_match(twins):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, continuous_batch, cross_load, load_script, torch_params_to_mlx
 
 S_MLX = load_script("sac", "mlx")
 S_TORCH = load_script("sac", "torch")
@@ -34,13 +34,8 @@ def twins():
 
 
 def make_batch(seed=1):
-    rng = np.random.default_rng(seed)
-    return {
-        "obs": rng.normal(size=(B, OBS_DIM)).astype(np.float32),
-        "actions": rng.uniform(LOW, HIGH, size=(B, ACT_DIM)).astype(np.float32),
-        "next_obs": rng.normal(size=(B, OBS_DIM)).astype(np.float32),
-        "rewards": rng.normal(size=B).astype(np.float32),
-        "dones": (rng.random(B) < 0.3).astype(np.float32),
+    batch, rng = continuous_batch(seed, B, OBS_DIM, ACT_DIM, LOW, HIGH)
+    return batch | {
         "eps": rng.normal(size=(B, ACT_DIM)).astype(np.float32),
         "eps2": rng.normal(size=(B, ACT_DIM)).astype(np.float32),
     }
