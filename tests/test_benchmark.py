@@ -290,3 +290,19 @@ def test_atari_memory_measures_the_filled_buffer(tmp_path):
         assert r["peak_rss_mb"] - r["rss_before_buffer_mb"] > 30_000 * 84 * 84 / 2**20  # the frames really are stored
     md = (tmp_path / "results.md").read_text()
     assert f"| mlx | 1,000,000 | 30,000 | {rows[0]['buffer_mb']:,.0f} |" in md and "| torch |" in md
+
+
+def test_micro_mlx_cpu_reports_every_cost():
+    import torch
+
+    from benchmark import micro_mlx_cpu
+
+    threads = torch.get_num_threads()
+    try:
+        rows = micro_mlx_cpu.main(["--calls", "40"])
+    finally:
+        torch.set_num_threads(threads)
+    names = [name for name, _, _ in rows]
+    assert any("mx.exp" == n for n in names) and any("scatter-add" in n for n in names)
+    assert any("torch eager" in n for n in names) and len(names) == 11
+    assert all(value > 0 for _, value, _ in rows)

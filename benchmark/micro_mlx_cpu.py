@@ -1,0 +1,109 @@
+"""Micro-benchmark: the MLX CPU costs that bound the single-env value-based scripts, next to numpy/torch.
+
+- the fixed cost of one `mx.eval` and the added cost per op (a chain of k dependent matmuls, batch 1);
+- `exp` (and the softmax C51 takes over 128 x 2 x 101 logits) per element;
+- gather and scatter-add per element (C51's projection scatters 2 x 128 x 101 values);
+- one greedy action of dqn's Q-network (4-120-84-2) in MLX (compiled) and in torch (eager).
+
+Usage: OMP_NUM_THREADS=1 python -m benchmark.micro_mlx_cpu [--calls 2000]
+"""
+
+import argparse
+import time
+from functools import partial
+
+import numpy as np
+
+from benchmark.scripts import load_script
+
+D_MLX = load_script("dqn", "mlx")  # its OpenBLAS block runs before MLX is imported
+D_TORCH = load_script("dqn", "torch")
+mx, torch = D_MLX.mx, D_TORCH.torch
+
+
+def us_per_call(fn, calls):
+    for _ in range(max(calls // 10, 10)):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return 1e6 * (time.perf_counter() - t0) / calls
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmark.micro_mlx_cpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=2000)
+    opts = p.parse_args(argv)
+    mx.set_default_device(mx.cpu)
+    torch.set_num_threads(1)
+    rows = []
+
+    x, w = mx.random.normal((1, 120)), mx.random.normal((120, 120))
+    mx.eval(x, w)
+
+    def matmul_chain(x, k):
+        for _ in range(k):
+            x = x @ w
+        return x
+
+    for k in (1, 4, 8):
+        chain = mx.compile(partial(matmul_chain, k=k))
+        us = us_per_call(lambda c=chain: mx.eval(c(x)), opts.calls)
+        rows.append((f"mx.eval of {k} chained 1x120 @ 120x120 matmuls (compiled)", us, "us per call"))
+
+    big = mx.random.normal((1 << 20,))
+    big_np = np.array(big)
+    mx.eval(big)
+    n = big.size
+    rows.append(("mx.exp", 1e3 * us_per_call(lambda: mx.eval(mx.exp(big)), 20) / n, "ns per element"))
+    rows.append(("np.exp", 1e3 * us_per_call(lambda: np.exp(big_np), 20) / n, "ns per element"))
+    rows.append(("mx add (x + 1)", 1e3 * us_per_call(lambda: mx.eval(big + 1), 20) / n, "ns per element"))
+    logits = mx.random.normal((128, 2, 101))
+    mx.eval(logits)
+    rows.append(
+        (
+            "mx.softmax over 128 x 2 x 101",
+            us_per_call(lambda: mx.eval(mx.softmax(logits, axis=-1)), opts.calls // 4),
+            "us per call",
+        )
+    )
+
+    m = 2 * 128 * 101
+    idx, vals = mx.array(np.random.default_rng(0).integers(0, m // 2, m).astype(np.int32)), mx.random.uniform(shape=(m,))
+    mx.eval(idx, vals)
+    rows.append(("gather v[idx]", 1e3 * us_per_call(lambda: mx.eval(vals[idx]), opts.calls // 4) / m, "ns per element"))
+    scatter = mx.compile(lambda i, v: mx.zeros(m // 2).at[i].add(v))
+    rows.append(
+        (
+            "scatter-add .at[idx].add",
+            1e3 * us_per_call(lambda: mx.eval(scatter(idx, vals)), opts.calls // 4) / m,
+            "ns per element",
+        )
+    )
+
+    obs = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+    q_m, q_t = D_MLX.QNetwork(4, 2), D_TORCH.QNetwork(4, 2)
+    mx.eval(q_m.parameters())
+    act = partial(mx.compile, inputs=[q_m.state])(lambda o: mx.argmax(q_m(o), axis=1))
+
+    def act_torch():
+        with torch.no_grad():
+            return torch.argmax(q_t(torch.Tensor(obs)), dim=1).cpu().numpy()
+
+    rows.append(
+        (
+            "dqn greedy action, MLX compiled (mx.array -> act -> np.array)",
+            us_per_call(lambda: np.array(act(mx.array(obs))), opts.calls),
+            "us per call",
+        )
+    )
+    rows.append(("dqn greedy action, torch eager", us_per_call(act_torch, opts.calls), "us per call"))
+
+    print(f"mlx {mx.__version__}, BLAS {D_MLX.BLAS}, torch {torch.__version__}, {opts.calls} calls")
+    for name, value, unit in rows:
+        print(f"{name:>66}: {value:8.2f} {unit}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
