@@ -155,3 +155,45 @@ def cross_load(m_module, t_module, fresh_m, fresh_t, tmp_path):
     save_file({k: v.contiguous() for k, v in t_module.state_dict().items()}, t_path)
     fresh_m.load_weights(t_path)
     return fresh_m, fresh_t
+
+
+def mlx_params(module) -> dict:
+    """An MLX module's parameters as a flat {name: numpy array} dict (names as torch's state_dict)."""
+    from mlx.utils import tree_flatten
+
+    return {k: np.array(v) for k, v in tree_flatten(module.parameters())}
+
+
+def torch_params(module) -> dict:
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def assert_same_weights(m_module, t_module, atol=1e-5, what=""):
+    """Both twins hold the same parameters after the same update (names match by design)."""
+    m, t = mlx_params(m_module), torch_params(t_module)
+    assert sorted(m) == sorted(t), f"{what}: parameter names differ: {sorted(m)} vs {sorted(t)}"
+    for name in t:
+        np.testing.assert_allclose(m[name], t[name], atol=atol, rtol=1e-5, err_msg=f"{what} {name}")
+
+
+def assert_first_adam_step(before: dict, after: dict, grads: dict, lr: float, eps: float, atol=1e-7):
+    """The formula, not the twin: torch's Adam (bias-corrected) moves each weight on its first step by
+    exactly -lr * g / (|g| + eps), g being the (clipped) gradient it was given. A wrong learning rate,
+    eps or bias correction, or a step that was skipped or taken twice, fails this."""
+    moved = 0
+    for name, g in grads.items():
+        expected = before[name] - lr * g / (np.abs(g) + eps)
+        np.testing.assert_allclose(after[name], expected, atol=atol, rtol=1e-5, err_msg=f"first Adam step of {name}")
+        moved += int(np.any(after[name] != before[name]))
+    assert moved > 0, "no parameter moved"
+
+
+def assert_polyak(online_before: dict, target_before: dict, target_after: dict, tau: float, atol=1e-6):
+    """The formula: target <- tau * online + (1 - tau) * target, for every parameter. Call it with a tau
+    far from 0.5 (and from 0 and 1) and online != target, so a swapped, ignored or inverted tau fails."""
+    assert tau not in (0.0, 0.5, 1.0)
+    for name, t in target_before.items():
+        expected = tau * online_before[name] + (1 - tau) * t
+        swapped = (1 - tau) * online_before[name] + tau * t
+        assert not np.allclose(expected, swapped, atol=atol), f"{name}: online == target, the check cannot fail"
+        np.testing.assert_allclose(target_after[name], expected, atol=atol, rtol=1e-5, err_msg=f"polyak {name}")

@@ -1,0 +1,140 @@
+"""A twin differs from its MLX script only in framework lines. Three checks keep it so, for every pair:
+
+1. Structure: the same module-level functions and classes, in the same order, with the same parameter
+   names, and the same methods per class (MLX's `__call__` is torch's `forward`). Only the helpers named
+   in MLX_ONLY / TORCH_ONLY may exist on one side, because the other framework does not need them.
+2. Words: every comment and docstring line on one side is on the other, unless it names the framework
+   (a FRAMEWORK token): a comment kept on one side only, or a docstring that explains the algorithm on
+   one side only, fails.
+3. Size: the number of lines `diff` prints for the pair may not grow past MAX_DIFF_LINES[name]. The
+   framework lines (imports, device, compile, no_grad, tensor/array conversion) are what is left; a
+   pair that shrinks lowers its number here.
+
+Also, idioms that several scripts share (the Polyak update, the epsilon schedule) have one signature.
+"""
+
+import ast
+import difflib
+import io
+import re
+import tokenize
+
+import pytest
+
+from benchmark.scripts import discover, script_path
+
+PAIRS = discover()
+
+# Words that mark a comment or docstring line as being about the framework, not the algorithm.
+FRAMEWORK = re.compile(
+    r"mlx|torch|cuda|blas|\b(mx|nn|optim|gpu|cpu|metal|device|compil\w*|recompil\w*|eager|lazy|sync|vjp|no_grad|"
+    r"safetensors|tensorboardX|state_dict|buffers?|numpy|host)\b",
+    re.IGNORECASE,
+)
+# Helpers one framework needs and the other does not (e.g. MLX has no nn.Sequential with torch's names,
+# no built-in space-to-depth convolution, no in-place Polyak copy).
+MLX_ONLY = {"tanh", "tanh_vjp", "Tanh", "forward", "Conv2d", "Flatten", "orthogonal", "space_to_depth", "StackedLinear"}
+TORCH_ONLY: set[str] = set()
+METHOD_ALIASES = {"__call__": "forward"}
+
+# diff lines (both sides, blank lines not counted) per pair; lower a number when a pair gets closer.
+MAX_DIFF_LINES = {
+    "a2c": 208,
+    "allo": 182,
+    "c51": 194,
+    "ddpg": 230,
+    "dqn": 168,
+    "dqn_atari": 225,
+    "ppo": 264,
+    "ppo_atari": 298,
+    "ppo_continuous_action": 245,
+    "qrdqn": 192,
+    "qrdqn_actor_learner": 167,
+    "sac": 296,
+    "td3": 269,
+}
+SHARED_IDIOMS = ("polyak_update", "linear_schedule")
+
+
+def source(name, framework):
+    return script_path(name, framework).read_text()
+
+
+def structure(text):
+    """[(kind, name, params)] for module-level defs/classes, and {class: [(method, params)]}."""
+    out, methods = [], {}
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef):
+            out.append(("def", node.name, [a.arg for a in node.args.args + node.args.kwonlyargs]))
+        elif isinstance(node, ast.ClassDef) and node.name != "Args":
+            out.append(("class", node.name, []))
+            methods[node.name] = [
+                (METHOD_ALIASES.get(f.name, f.name), [a.arg for a in f.args.args])
+                for f in node.body
+                if isinstance(f, ast.FunctionDef)
+            ]
+    return out, methods
+
+
+def prose_blocks(text):
+    """Comments (consecutive comment lines as one block) and docstring paragraphs that do not name the
+    framework, with whitespace normalised."""
+    blocks, last_row = [], None
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.COMMENT:
+            words = tok.string.lstrip("#").strip()
+            if last_row == tok.start[0] - 1 and tok.line.lstrip().startswith("#"):
+                blocks[-1] += " " + words
+            else:
+                blocks.append(words)
+            last_row = tok.start[0]
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(node):
+            blocks += [" ".join(p.split()) for p in ast.get_docstring(node).split("\n\n")]
+    return sorted(b for b in blocks if b and not b.startswith("noqa") and not FRAMEWORK.search(b))
+
+
+def diff_lines(name):
+    a, b = source(name, "mlx").splitlines(), source(name, "torch").splitlines()
+    return [l for l in difflib.unified_diff(a, b, lineterm="", n=0) if l[:1] in "+-" and l[:3] not in ("+++", "---") and l[1:].strip()]
+
+
+def test_every_pair_has_a_diff_budget():
+    assert sorted(MAX_DIFF_LINES) == PAIRS
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_same_functions_classes_and_parameters(name):
+    (m_defs, m_methods), (t_defs, t_methods) = structure(source(name, "mlx")), structure(source(name, "torch"))
+    m_defs = [d for d in m_defs if d[1] not in MLX_ONLY]
+    t_defs = [d for d in t_defs if d[1] not in TORCH_ONLY]
+    assert m_defs == t_defs, "\n".join(difflib.unified_diff(list(map(str, m_defs)), list(map(str, t_defs)), "mlx", "torch", lineterm=""))
+    for cls in set(m_methods) & set(t_methods):
+        if cls not in MLX_ONLY:
+            assert m_methods[cls] == t_methods[cls], f"{name}: methods of {cls}: {m_methods[cls]} vs {t_methods[cls]}"
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_same_comments_and_docstrings(name):
+    m, t = prose_blocks(source(name, "mlx")), prose_blocks(source(name, "torch"))
+    only_m = sorted(set(m) - set(t))
+    only_t = sorted(set(t) - set(m))
+    assert not only_m and not only_t, f"{name}: prose on one side only\n  mlx only: {only_m}\n  torch only: {only_t}"
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_diff_does_not_grow(name):
+    lines = diff_lines(name)
+    assert len(lines) <= MAX_DIFF_LINES[name], f"{name}: diff grew to {len(lines)} lines (budget {MAX_DIFF_LINES[name]})"
+
+
+@pytest.mark.parametrize("idiom", SHARED_IDIOMS)
+def test_shared_idioms_have_one_signature(idiom):
+    seen = {}
+    for name in PAIRS:
+        for fw in ("mlx", "torch"):
+            for node in ast.parse(source(name, fw)).body:
+                if isinstance(node, ast.FunctionDef) and node.name == idiom:
+                    seen[f"{name}_{fw}"] = [a.arg for a in node.args.args]
+    assert len(set(map(tuple, seen.values()))) <= 1, f"{idiom} is written in more than one way: {seen}"
