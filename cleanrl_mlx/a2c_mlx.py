@@ -1,10 +1,11 @@
-"""A2C (synchronous advantage actor-critic) for discrete and continuous actions in MLX.
+"""A2C (synchronous advantage actor-critic) for discrete and continuous actions in MLX; its PyTorch twin is
+cleanrl_torch_reference/a2c_torch.py.
 
 A2C as Stable-Baselines3 defines it (https://stable-baselines3.readthedocs.io/en/master/modules/a2c.html),
 written the way CleanRL's ppo.py is: one gradient step on each rollout of num_envs x num_steps
 transitions, RMSprop, GAE(lambda=1) returns, and SB3's bootstrapping of time-limit truncations. The
 policy head is categorical for a Discrete action space and a state-independent diagonal Gaussian for a
-Box one. PyTorch twin: cleanrl_torch_reference/a2c_torch.py.
+Box one.
 
 Usage: python cleanrl_mlx/a2c_mlx.py --env-id CartPole-v1
 """
@@ -108,16 +109,33 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "num_steps", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "num_envs", "num_steps")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("max_grad_norm", "rms_prop_eps", "log_interval", "eval_episodes")},
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "gae_lambda")},
+        **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.total_timesteps < args.num_envs * args.num_steps:
         raise SystemExit(
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
+        raise SystemExit(f"{script}: only Discrete or Box action spaces are supported; {args.env_id} has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -154,11 +172,12 @@ def forward(layers, x):
 
 class Agent(nn.Module):
     # SB3's MlpPolicy: separate 64-64 tanh actor and critic, orthogonal init (gain sqrt(2) hidden,
-    # 0.01 policy head, 1 value head). Plain lists (not nn.Sequential) so parameter names are
-    # `critic.0.weight`, ..., exactly the torch twin's: a saved file loads in either framework.
+    # 0.01 policy head, 1 value head).
     def __init__(self, obs_dim, action_dim, continuous):
         super().__init__()
         self.continuous = continuous
+        # Plain lists (not nn.Sequential) so parameter names are `critic.0.weight`, ..., exactly the torch
+        # twin's: a saved file loads in either framework.
         self.critic = [
             layer_init(nn.Linear(obs_dim, 64)),
             nn.Tanh(),
@@ -240,14 +259,33 @@ def a2c_loss(agent, obs, actions, advantages, returns, ent_coef, vf_coef, norm_a
     return loss, (pg_loss, v_loss, entropy_loss)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True):
+def make_optimizer(agent, args):
+    """SB3's RMSprop: alpha 0.99, eps from args, the learning rate from args."""
+    # torch's RMSprop (SB3's default): running mean square starts at 0, eps added outside the sqrt
+    optimizer = optim.RMSprop(learning_rate=args.learning_rate, alpha=0.99, eps=args.rms_prop_eps)
+    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
+
+
+def train_step(agent, optimizer, b_obs, b_actions, b_advantages, b_returns, max_grad_norm, **loss_coefs):
+    """One gradient step on the whole rollout: A2C loss, global-norm gradient clipping, RMSprop. Returns the
+    loss terms of a2c_loss."""
+    loss_and_grad = nn.value_and_grad(agent, partial(a2c_loss, agent, **loss_coefs))
+    (loss, stats), grads = loss_and_grad(b_obs, b_actions, b_advantages, b_returns)
+    grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
+    optimizer.update(agent, grads)
+    return stats
+
+
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=mx.cpu, capture_video=True, seed=1):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
+    mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     agent = Model(int(np.prod(envs.single_observation_space.shape)), *policy_head(envs.single_action_space))
     agent.load_weights(model_path)
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         actions = np.array(agent.sample_action(mx.array(obs, dtype=mx.float32)))
@@ -270,18 +308,11 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so an unsupported space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_observation_space, gym.spaces.Box) or not isinstance(
-        envs.single_action_space, (gym.spaces.Discrete, gym.spaces.Box)
-    ):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only Box observation spaces and Discrete or Box action spaces are "
-            f"supported; {args.env_id} has {envs.single_observation_space} -> {envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
@@ -316,28 +347,26 @@ if __name__ == "__main__":
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim, continuous = policy_head(envs.single_action_space)
     agent = Agent(obs_dim, action_dim, continuous)
-    # torch's RMSprop (SB3's default): running mean square starts at 0, eps added outside the sqrt
-    optimizer = optim.RMSprop(learning_rate=args.learning_rate, alpha=0.99, eps=args.rms_prop_eps)
-    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step,
+        agent,
+        optimizer,
+        max_grad_norm=args.max_grad_norm,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv,
+    )
 
     # ALGO LOGIC: compiled hot paths. They capture the live module state (no copies, no state dicts);
     # the learning rate lives in optimizer.state, so annealing it never recompiles.
+    train = mx.compile(train, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
+
     @partial(mx.compile, inputs=[agent.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
         return agent.sample_action(x), agent.get_value(x)
 
     get_value = mx.compile(agent.get_value, inputs=[agent.state])
-
-    loss_and_grad = nn.value_and_grad(
-        agent, partial(a2c_loss, agent, ent_coef=args.ent_coef, vf_coef=args.vf_coef, norm_adv=args.norm_adv)
-    )
-
-    @partial(mx.compile, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
-    def train_step(b_obs, b_actions, b_advantages, b_returns):
-        (loss, stats), grads = loss_and_grad(b_obs, b_actions, b_advantages, b_returns)
-        grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
-        optimizer.update(agent, grads)
-        return stats
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
@@ -412,12 +441,11 @@ if __name__ == "__main__":
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
         # One gradient step on the whole rollout (no minibatches, no epochs)
-        stats = train_step(
-            mx.array(obs.reshape((-1,) + envs.single_observation_space.shape)),
-            mx.array(actions.reshape((args.batch_size,) + actions.shape[2:])),
-            mx.array(advantages.reshape(-1)),
-            mx.array(returns.reshape(-1)),
-        )
+        b_obs = mx.array(obs.reshape((-1,) + envs.single_observation_space.shape))
+        b_actions = mx.array(actions.reshape((args.batch_size,) + actions.shape[2:]))
+        b_advantages = mx.array(advantages.reshape(-1))
+        b_returns = mx.array(returns.reshape(-1))
+        stats = train(b_obs, b_actions, b_advantages, b_returns)
         mx.eval(stats, agent.state, optimizer.state)  # one sync per gradient step
         update_time += time.perf_counter() - t0
         steps_since_log += args.batch_size
@@ -452,7 +480,15 @@ if __name__ == "__main__":
         agent.save_weights(model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Agent, capture_video=args.capture_video
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            Agent,
+            device=mx.default_device(),
+            capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,10 +1,10 @@
-"""PPO for continuous actions (MuJoCo, classic control) in MLX.
+"""PPO for continuous actions (MuJoCo, classic control) in MLX; its PyTorch twin is
+cleanrl_torch_reference/ppo_continuous_action_torch.py.
 
 Mirrors CleanRL's ppo_continuous_action.py
 (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy): same defaults, same wrapper
 chain, same loss, same logged tags. Unlike CleanRL, `--save-model` also saves the observation
-normalisation statistics and evaluation uses them. PyTorch twin:
-cleanrl_torch_reference/ppo_continuous_action_torch.py.
+normalisation statistics and evaluation uses them.
 
 Usage: python cleanrl_mlx/ppo_continuous_action_mlx.py --env-id HalfCheetah-v5
 """
@@ -116,11 +116,19 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "num_envs", "num_steps")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("num_minibatches", "update_epochs", "clip_coef", "max_grad_norm")},
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "gae_lambda")},
+        **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
+        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
         raise SystemExit(
             f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
@@ -131,14 +139,18 @@ def check_args(args: Args, script: str) -> None:
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
-
-    probe = gym.make(args.env_id)  # make_env's ClipAction would fail on a discrete space with a stack trace
-    action_space = probe.action_space
-    probe.close()
-    if not isinstance(action_space, gym.spaces.Box):
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):  # make_env's ClipAction would fail with a stack trace
         raise SystemExit(
-            f"{script}: only continuous action spaces are supported; {args.env_id} has {action_space} (use ppo_mlx.py)"
+            f"{script}: only continuous action spaces are supported; {args.env_id} has {env.action_space} "
+            f"(use {script.replace('_continuous_action', '')})"
         )
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name, gamma):
@@ -211,8 +223,8 @@ class Agent(nn.Module):
             nn.Tanh(),
             layer_init(nn.Linear(64, action_dim), std=0.01),
         ]
-        # state-independent log standard deviation, a trained parameter (an mx.array attribute is one)
-        self.actor_logstd = mx.zeros((1, action_dim))
+        # state-independent log standard deviation, a trained parameter
+        self.actor_logstd = mx.zeros((1, action_dim))  # an mx.array attribute is one
 
     def get_value(self, x):
         return forward(self.critic, x).squeeze(-1)
@@ -254,9 +266,9 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     newlogprob, entropy = normal_logprob_entropy(agent.get_action_mean(obs), agent.actor_logstd, actions)
     newvalue = agent.get_value(obs)
     logratio = newlogprob - logprobs
-    ratio = mx.exp(logratio)
+    ratio = logratio.exp()
 
-    # KL estimators and clip fraction are diagnostics only (torch computes them under no_grad)
+    # calculate approx_kl http://joschu.net/blog/kl-approx.html
     old_approx_kl = mx.stop_gradient((-logratio).mean())
     approx_kl = mx.stop_gradient(((ratio - 1) - logratio).mean())
     clipfrac = mx.stop_gradient((mx.abs(ratio - 1.0) > clip_coef).astype(mx.float32).mean())
@@ -283,9 +295,40 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     return loss, (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True, gamma=0.99):
+def make_optimizer(agent, args):
+    """CleanRL's Adam: the learning rate from args, eps 1e-5."""
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-5, bias_correction=True)  # torch's Adam
+    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
+
+
+def train_step(
+    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, max_grad_norm, **loss_coefs
+):
+    """One gradient step on the minibatch mb_inds of the batch: PPO loss, global-norm gradient clipping, Adam.
+    Returns the loss terms of ppo_loss."""
+    minibatch = [b[mb_inds] for b in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)]
+    (loss, stats), grads = nn.value_and_grad(agent, partial(ppo_loss, agent, **loss_coefs))(*minibatch)
+    grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
+    optimizer.update(agent, grads)
+    return stats
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=mx.cpu,
+    capture_video=True,
+    gamma=0.99,
+    seed=1,
+):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes,
     normalising observations with the statistics saved next to the weights, frozen."""
+    mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name, gamma)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
@@ -296,7 +339,7 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, captu
         rms = normalizer.obs_rms
         rms.mean, rms.var, rms.count = saved["mean"], saved["var"], float(saved["count"])
     normalizer.update_running_mean = False  # evaluation uses the training statistics as they were
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         action_mean = agent.get_action_mean(mx.array(obs))
@@ -358,40 +401,30 @@ if __name__ == "__main__":
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim = int(np.prod(envs.single_action_space.shape))
     agent = Agent(obs_dim, action_dim)
-    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-5, bias_correction=True)  # torch's Adam
-    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step,
+        agent,
+        optimizer,
+        max_grad_norm=args.max_grad_norm,
+        clip_coef=args.clip_coef,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv,
+        clip_vloss=args.clip_vloss,
+    )
 
-    # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts);
-    # the learning rate lives in optimizer.state, so annealing it never recompiles.
+    # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts); the
+    # learning rate lives in optimizer.state, so annealing it never recompiles; train gathers each minibatch
+    # inside the graph, from batch arrays sent to MLX once per iteration.
+    train = mx.compile(train, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
+
     @partial(mx.compile, inputs=[agent.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
         action_mean = agent.get_action_mean(x)
         action = action_mean + mx.exp(agent.actor_logstd) * mx.random.normal(action_mean.shape)
         logprob, _ = normal_logprob_entropy(action_mean, agent.actor_logstd, action)
         return action, logprob, agent.get_value(x)
-
-    loss_and_grad = nn.value_and_grad(
-        agent,
-        partial(
-            ppo_loss,
-            agent,
-            clip_coef=args.clip_coef,
-            ent_coef=args.ent_coef,
-            vf_coef=args.vf_coef,
-            norm_adv=args.norm_adv,
-            clip_vloss=args.clip_vloss,
-        ),
-    )
-
-    @partial(mx.compile, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
-    def train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values):
-        # the minibatch is gathered here, from batch arrays sent to MLX once per iteration
-        (loss, stats), grads = loss_and_grad(
-            b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds]
-        )
-        grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
-        optimizer.update(agent, grads)
-        return stats
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
@@ -450,7 +483,7 @@ if __name__ == "__main__":
         next_value = np.array(agent.get_value(mx.array(next_obs, dtype=mx.float32)))
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
-        # flatten the batch and send it to MLX once
+        # flatten the batch (sent to the device once per iteration)
         b_obs = mx.array(obs.reshape((-1,) + envs.single_observation_space.shape))
         b_actions = mx.array(actions.reshape((-1,) + envs.single_action_space.shape))
         b_logprobs = mx.array(logprobs.reshape(-1))
@@ -465,7 +498,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 mb_inds = mx.array(b_inds[start : start + args.minibatch_size])
-                stats = train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
+                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
                 mx.eval(stats, agent.state, optimizer.state)  # one sync per gradient step
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
@@ -511,8 +544,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Agent,
+            device=mx.default_device(),
             capture_video=args.capture_video,
             gamma=args.gamma,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,7 +1,7 @@
-"""PPO for discrete actions (classic control) in MLX.
+"""PPO for discrete actions (classic control) in MLX; its PyTorch twin is cleanrl_torch_reference/ppo_torch.py.
 
-Mirrors CleanRL's ppo.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppopy): same defaults, same
-loss, same logged tags. PyTorch twin: cleanrl_torch_reference/ppo_torch.py.
+Mirrors CleanRL's ppo.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppopy): same defaults, same loss,
+same logged tags.
 
 Usage: python cleanrl_mlx/ppo_mlx.py --env-id CartPole-v1
 """
@@ -112,11 +112,19 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "num_envs", "num_steps")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("num_minibatches", "update_epochs", "clip_coef", "max_grad_norm")},
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "gae_lambda")},
+        **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
+        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
         raise SystemExit(
             f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
@@ -127,6 +135,20 @@ def check_args(args: Args, script: str) -> None:
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(
+            f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space} "
+            f"(use {script.replace('ppo', 'ppo_continuous_action', 1)})"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -230,9 +252,9 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     newlogprob, entropy = categorical_logprob_entropy(agent.get_logits(obs), actions)
     newvalue = agent.get_value(obs)
     logratio = newlogprob - logprobs
-    ratio = mx.exp(logratio)
+    ratio = logratio.exp()
 
-    # KL estimators and clip fraction are diagnostics only (torch computes them under no_grad)
+    # calculate approx_kl http://joschu.net/blog/kl-approx.html
     old_approx_kl = mx.stop_gradient((-logratio).mean())
     approx_kl = mx.stop_gradient(((ratio - 1) - logratio).mean())
     clipfrac = mx.stop_gradient((mx.abs(ratio - 1.0) > clip_coef).astype(mx.float32).mean())
@@ -259,14 +281,34 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     return loss, (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True):
+def make_optimizer(agent, args):
+    """CleanRL's Adam: the learning rate from args, eps 1e-5."""
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-5, bias_correction=True)  # torch's Adam
+    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
+
+
+def train_step(
+    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, max_grad_norm, **loss_coefs
+):
+    """One gradient step on the minibatch mb_inds of the batch: PPO loss, global-norm gradient clipping, Adam.
+    Returns the loss terms of ppo_loss."""
+    minibatch = [b[mb_inds] for b in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)]
+    (loss, stats), grads = nn.value_and_grad(agent, partial(ppo_loss, agent, **loss_coefs))(*minibatch)
+    grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
+    optimizer.update(agent, grads)
+    return stats
+
+
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=mx.cpu, capture_video=True, seed=1):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
+    mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     agent = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n))
     agent.load_weights(model_path)
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         actions = np.array(mx.random.categorical(agent.get_logits(mx.array(obs, dtype=mx.float32))))
@@ -288,16 +330,11 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space} (use ppo_continuous_action_mlx.py)"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
@@ -331,40 +368,30 @@ if __name__ == "__main__":
 
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     agent = Agent(obs_dim, int(envs.single_action_space.n))
-    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-5, bias_correction=True)  # torch's Adam
-    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step,
+        agent,
+        optimizer,
+        max_grad_norm=args.max_grad_norm,
+        clip_coef=args.clip_coef,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv,
+        clip_vloss=args.clip_vloss,
+    )
 
-    # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts);
-    # the learning rate lives in optimizer.state, so annealing it never recompiles.
+    # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts); the
+    # learning rate lives in optimizer.state, so annealing it never recompiles; train gathers each minibatch
+    # inside the graph, from batch arrays sent to MLX once per iteration.
+    train = mx.compile(train, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
+
     @partial(mx.compile, inputs=[agent.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
         logits = agent.get_logits(x)
         action = mx.random.categorical(logits)
         logprob, _ = categorical_logprob_entropy(logits, action)
         return action, logprob, agent.get_value(x)
-
-    loss_and_grad = nn.value_and_grad(
-        agent,
-        partial(
-            ppo_loss,
-            agent,
-            clip_coef=args.clip_coef,
-            ent_coef=args.ent_coef,
-            vf_coef=args.vf_coef,
-            norm_adv=args.norm_adv,
-            clip_vloss=args.clip_vloss,
-        ),
-    )
-
-    @partial(mx.compile, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
-    def train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values):
-        # the minibatch is gathered here, from batch arrays sent to MLX once per iteration
-        (loss, stats), grads = loss_and_grad(
-            b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds]
-        )
-        grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
-        optimizer.update(agent, grads)
-        return stats
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
@@ -423,7 +450,7 @@ if __name__ == "__main__":
         next_value = np.array(agent.get_value(mx.array(next_obs, dtype=mx.float32)))
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
-        # flatten the batch and send it to MLX once
+        # flatten the batch (sent to the device once per iteration)
         b_obs = mx.array(obs.reshape((-1,) + envs.single_observation_space.shape))
         b_actions = mx.array(actions.reshape(-1))
         b_logprobs = mx.array(logprobs.reshape(-1))
@@ -438,7 +465,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 mb_inds = mx.array(b_inds[start : start + args.minibatch_size])
-                stats = train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
+                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
                 mx.eval(stats, agent.state, optimizer.state)  # one sync per gradient step
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
@@ -477,7 +504,15 @@ if __name__ == "__main__":
         agent.save_weights(model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Agent, capture_video=args.capture_video
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            Agent,
+            device=mx.default_device(),
+            capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,9 +1,11 @@
-"""A2C (synchronous advantage actor-critic) for discrete and continuous actions in PyTorch: the reference
+"""A2C (synchronous advantage actor-critic) for discrete and continuous actions in eager PyTorch: the reference
 twin of cleanrl_mlx/a2c_mlx.py.
 
-Eager PyTorch in CleanRL's style, implementing A2C as Stable-Baselines3 defines it
-(https://stable-baselines3.readthedocs.io/en/master/modules/a2c.html): same defaults, same loss, same
-logged tags as the MLX script.
+A2C as Stable-Baselines3 defines it (https://stable-baselines3.readthedocs.io/en/master/modules/a2c.html),
+written the way CleanRL's ppo.py is: one gradient step on each rollout of num_envs x num_steps
+transitions, RMSprop, GAE(lambda=1) returns, and SB3's bootstrapping of time-limit truncations. The
+policy head is categorical for a Discrete action space and a state-independent diagonal Gaussian for a
+Box one.
 
 Usage: python cleanrl_torch_reference/a2c_torch.py --env-id CartPole-v1
 """
@@ -13,6 +15,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import gymnasium as gym
@@ -90,16 +93,31 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "num_steps", "log_interval"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "num_envs", "num_steps")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("max_grad_norm", "rms_prop_eps", "log_interval", "eval_episodes")},
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "gae_lambda")},
+        **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if args.total_timesteps < args.num_envs * args.num_steps:
         raise SystemExit(
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
+        raise SystemExit(f"{script}: only Discrete or Box action spaces are supported; {args.env_id} has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -211,7 +229,25 @@ def a2c_loss(agent, obs, actions, advantages, returns, ent_coef, vf_coef, norm_a
     return loss, (pg_loss, v_loss, entropy_loss)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True):
+def make_optimizer(agent, args):
+    """SB3's RMSprop: alpha 0.99, eps from args, the learning rate from args."""
+    return optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=args.rms_prop_eps, weight_decay=0)
+
+
+def train_step(agent, optimizer, b_obs, b_actions, b_advantages, b_returns, max_grad_norm, **loss_coefs):
+    """One gradient step on the whole rollout: A2C loss, global-norm gradient clipping, RMSprop. Returns the
+    loss terms of a2c_loss."""
+    loss, stats = a2c_loss(agent, b_obs, b_actions, b_advantages, b_returns, **loss_coefs)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+    optimizer.step()
+    return stats
+
+
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True, seed=1
+):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -219,7 +255,7 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, devic
     agent = Model(int(np.prod(envs.single_observation_space.shape)), *policy_head(envs.single_action_space)).to(device)
     agent.load_state_dict(load_file(model_path, device=str(device)))
     agent.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
@@ -243,18 +279,11 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so an unsupported space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_observation_space, gym.spaces.Box) or not isinstance(
-        envs.single_action_space, (gym.spaces.Discrete, gym.spaces.Box)
-    ):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only Box observation spaces and Discrete or Box action spaces are "
-            f"supported; {args.env_id} has {envs.single_observation_space} -> {envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -287,7 +316,16 @@ if __name__ == "__main__":
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim, continuous = policy_head(envs.single_action_space)
     agent = Agent(obs_dim, action_dim, continuous).to(device)
-    optimizer = optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=args.rms_prop_eps, weight_decay=0)
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step,
+        agent,
+        optimizer,
+        max_grad_norm=args.max_grad_norm,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv,
+    )
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
@@ -366,20 +404,11 @@ if __name__ == "__main__":
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
         # One gradient step on the whole rollout (no minibatches, no epochs)
-        loss, stats = a2c_loss(
-            agent,
-            torch.tensor(obs.reshape((-1,) + envs.single_observation_space.shape), device=device),
-            torch.tensor(actions.reshape((args.batch_size,) + actions.shape[2:]), device=device),
-            torch.tensor(advantages.reshape(-1), device=device),
-            torch.tensor(returns.reshape(-1), device=device),
-            ent_coef=args.ent_coef,
-            vf_coef=args.vf_coef,
-            norm_adv=args.norm_adv,
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-        optimizer.step()
+        b_obs = torch.tensor(obs.reshape((-1,) + envs.single_observation_space.shape), device=device)
+        b_actions = torch.tensor(actions.reshape((args.batch_size,) + actions.shape[2:]), device=device)
+        b_advantages = torch.tensor(advantages.reshape(-1), device=device)
+        b_returns = torch.tensor(returns.reshape(-1), device=device)
+        stats = train(b_obs, b_actions, b_advantages, b_returns)
         if device.type == "cuda":
             torch.cuda.synchronize()  # the update is only done when the device is
         update_time += time.perf_counter() - t0
@@ -423,6 +452,7 @@ if __name__ == "__main__":
             Agent,
             device=device,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

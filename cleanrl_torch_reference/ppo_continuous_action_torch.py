@@ -1,10 +1,10 @@
-"""PPO for continuous actions (MuJoCo, classic control) in PyTorch: the reference twin of
+"""PPO for continuous actions (MuJoCo, classic control) in eager PyTorch: the reference twin of
 cleanrl_mlx/ppo_continuous_action_mlx.py.
 
-Eager PyTorch as CleanRL's ppo_continuous_action.py
-(https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy) writes it: same defaults, same
-wrapper chain, same loss, same logged tags as the MLX script. Unlike CleanRL, `--save-model` also saves
-the observation normalisation statistics and evaluation uses them.
+Mirrors CleanRL's ppo_continuous_action.py
+(https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy): same defaults, same wrapper
+chain, same loss, same logged tags. Unlike CleanRL, `--save-model` also saves the observation
+normalisation statistics and evaluation uses them.
 
 Usage: python cleanrl_torch_reference/ppo_continuous_action_torch.py --env-id HalfCheetah-v5
 """
@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import gymnasium as gym
@@ -98,11 +99,17 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "num_envs", "num_steps")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("num_minibatches", "update_epochs", "clip_coef", "max_grad_norm")},
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "gae_lambda")},
+        **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
+        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
         raise SystemExit(
             f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
@@ -113,14 +120,18 @@ def check_args(args: Args, script: str) -> None:
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
-
-    probe = gym.make(args.env_id)  # make_env's ClipAction would fail on a discrete space with a stack trace
-    action_space = probe.action_space
-    probe.close()
-    if not isinstance(action_space, gym.spaces.Box):
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):  # make_env's ClipAction would fail with a stack trace
         raise SystemExit(
-            f"{script}: only continuous action spaces are supported; {args.env_id} has {action_space} (use ppo_torch.py)"
+            f"{script}: only continuous action spaces are supported; {args.env_id} has {env.action_space} "
+            f"(use {script.replace('_continuous_action', '')})"
         )
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name, gamma):
@@ -227,8 +238,8 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     logratio = newlogprob - logprobs
     ratio = logratio.exp()
 
+    # calculate approx_kl http://joschu.net/blog/kl-approx.html
     with torch.no_grad():
-        # calculate approx_kl http://joschu.net/blog/kl-approx.html
         old_approx_kl = (-logratio).mean()
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
@@ -255,8 +266,36 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     return loss, (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)
 
 
+def make_optimizer(agent, args):
+    """CleanRL's Adam: the learning rate from args, eps 1e-5."""
+    return optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+
+def train_step(
+    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, max_grad_norm, **loss_coefs
+):
+    """One gradient step on the minibatch mb_inds of the batch: PPO loss, global-norm gradient clipping, Adam.
+    Returns the loss terms of ppo_loss."""
+    minibatch = [b[mb_inds] for b in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)]
+    loss, stats = ppo_loss(agent, *minibatch, **loss_coefs)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+    optimizer.step()
+    return stats
+
+
 def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True, gamma=0.99
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    capture_video=True,
+    gamma=0.99,
+    seed=1,
 ):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes,
     normalising observations with the statistics saved next to the weights, frozen."""
@@ -271,7 +310,7 @@ def evaluate(
         rms = normalizer.obs_rms
         rms.mean, rms.var, rms.count = saved["mean"], saved["var"], float(saved["count"])
     normalizer.update_running_mean = False  # evaluation uses the training statistics as they were
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
@@ -332,7 +371,18 @@ if __name__ == "__main__":
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim = int(np.prod(envs.single_action_space.shape))
     agent = Agent(obs_dim, action_dim).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step,
+        agent,
+        optimizer,
+        max_grad_norm=args.max_grad_norm,
+        clip_coef=args.clip_coef,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv,
+        clip_vloss=args.clip_vloss,
+    )
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
@@ -396,7 +446,7 @@ if __name__ == "__main__":
             next_value = agent.get_value(torch.Tensor(next_obs).to(device)).cpu().numpy()
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
-        # flatten the batch
+        # flatten the batch (sent to the device once per iteration)
         b_obs = torch.tensor(obs.reshape((-1,) + envs.single_observation_space.shape), device=device)
         b_actions = torch.tensor(actions.reshape((-1,) + envs.single_action_space.shape), device=device)
         b_logprobs = torch.tensor(logprobs.reshape(-1), device=device)
@@ -411,24 +461,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 mb_inds = torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device)
-                loss, stats = ppo_loss(
-                    agent,
-                    b_obs[mb_inds],
-                    b_actions[mb_inds],
-                    b_logprobs[mb_inds],
-                    b_advantages[mb_inds],
-                    b_returns[mb_inds],
-                    b_values[mb_inds],
-                    clip_coef=args.clip_coef,
-                    ent_coef=args.ent_coef,
-                    vf_coef=args.vf_coef,
-                    norm_adv=args.norm_adv,
-                    clip_vloss=args.clip_vloss,
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
+                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
@@ -478,6 +511,7 @@ if __name__ == "__main__":
             device=device,
             capture_video=args.capture_video,
             gamma=args.gamma,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,7 +1,7 @@
-"""PPO for discrete actions (classic control) in PyTorch: the reference twin of cleanrl_mlx/ppo_mlx.py.
+"""PPO for discrete actions (classic control) in eager PyTorch: the reference twin of cleanrl_mlx/ppo_mlx.py.
 
-Eager PyTorch as CleanRL's ppo.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppopy) writes it: same
-defaults, same loss, same logged tags as the MLX script.
+Mirrors CleanRL's ppo.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppopy): same defaults, same loss,
+same logged tags.
 
 Usage: python cleanrl_torch_reference/ppo_torch.py --env-id CartPole-v1
 """
@@ -11,6 +11,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import gymnasium as gym
@@ -95,11 +96,17 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "num_envs", "num_steps")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("num_minibatches", "update_epochs", "clip_coef", "max_grad_norm")},
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "gae_lambda")},
+        **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
+        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
         raise SystemExit(
             f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
@@ -110,6 +117,20 @@ def check_args(args: Args, script: str) -> None:
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(
+            f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space} "
+            f"(use {script.replace('ppo', 'ppo_continuous_action', 1)})"
+        )
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -188,8 +209,8 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     logratio = newlogprob - logprobs
     ratio = logratio.exp()
 
+    # calculate approx_kl http://joschu.net/blog/kl-approx.html
     with torch.no_grad():
-        # calculate approx_kl http://joschu.net/blog/kl-approx.html
         old_approx_kl = (-logratio).mean()
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
@@ -216,7 +237,28 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     return loss, (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True):
+def make_optimizer(agent, args):
+    """CleanRL's Adam: the learning rate from args, eps 1e-5."""
+    return optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+
+def train_step(
+    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, max_grad_norm, **loss_coefs
+):
+    """One gradient step on the minibatch mb_inds of the batch: PPO loss, global-norm gradient clipping, Adam.
+    Returns the loss terms of ppo_loss."""
+    minibatch = [b[mb_inds] for b in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)]
+    loss, stats = ppo_loss(agent, *minibatch, **loss_coefs)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+    optimizer.step()
+    return stats
+
+
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True, seed=1
+):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -224,7 +266,7 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, devic
     agent = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)).to(device)
     agent.load_state_dict(load_file(model_path, device=str(device)))
     agent.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
@@ -247,16 +289,11 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space} (use ppo_continuous_action_torch.py)"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -288,7 +325,18 @@ if __name__ == "__main__":
 
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     agent = Agent(obs_dim, int(envs.single_action_space.n)).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step,
+        agent,
+        optimizer,
+        max_grad_norm=args.max_grad_norm,
+        clip_coef=args.clip_coef,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv,
+        clip_vloss=args.clip_vloss,
+    )
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
@@ -352,7 +400,7 @@ if __name__ == "__main__":
             next_value = agent.get_value(torch.Tensor(next_obs).to(device)).cpu().numpy()
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
-        # flatten the batch
+        # flatten the batch (sent to the device once per iteration)
         b_obs = torch.tensor(obs.reshape((-1,) + envs.single_observation_space.shape), device=device)
         b_actions = torch.tensor(actions.reshape(-1), device=device)
         b_logprobs = torch.tensor(logprobs.reshape(-1), device=device)
@@ -367,24 +415,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 mb_inds = torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device)
-                loss, stats = ppo_loss(
-                    agent,
-                    b_obs[mb_inds],
-                    b_actions[mb_inds],
-                    b_logprobs[mb_inds],
-                    b_advantages[mb_inds],
-                    b_returns[mb_inds],
-                    b_values[mb_inds],
-                    clip_coef=args.clip_coef,
-                    ent_coef=args.ent_coef,
-                    vf_coef=args.vf_coef,
-                    norm_adv=args.norm_adv,
-                    clip_vloss=args.clip_vloss,
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
+                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
@@ -432,6 +463,7 @@ if __name__ == "__main__":
             Agent,
             device=device,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

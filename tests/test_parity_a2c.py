@@ -1,18 +1,19 @@
-"""a2c_mlx vs a2c_torch: same weights and batch give the same log-probs, entropies, values, loss terms,
-gradients and RMSprop steps, for the categorical and the Gaussian head; the MLX sampler draws from the
+"""a2c_mlx vs a2c_torch: same weights and batch give the same log-probs, entropies, values, loss terms and
+gradients, for the categorical and the Gaussian head; full updates (train_step with the scripts' own
+RMSprop) leave the same weights, the first one as RMSprop's formula says; the MLX sampler draws from the
 distribution it scores; GAE(lambda=1) equals plain discounted n-step returns."""
 
 import math
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 import numpy as np
 import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
+from tests.helpers import assert_close, assert_same_weights, cross_load, load_script, torch_params, torch_params_to_mlx
 
 P_MLX = load_script("a2c", "mlx")
 P_TORCH = load_script("a2c", "torch")
@@ -145,31 +146,34 @@ def test_loss_terms_and_gradients(head, norm_adv):
 
 
 @pytest.mark.parametrize("head", HEADS)
-def test_clipped_rmsprop_steps_match(head):
-    """Global-norm clipping + torch's RMSprop(alpha=0.99, eps=1e-5) = MLX's RMSprop: same weights after 5 steps."""
+def test_full_updates_match_and_the_first_is_rmsprops(head):
+    """train_step as the scripts run it (loss, gradients, clipping, the scripts' own RMSprop; MLX compiled):
+    same loss terms and weights in both twins after each of 5 updates. Against the formula: torch's first
+    step is RMSprop's first step (mean square (1 - alpha) g^2, eps outside the square root) with SB3's lr
+    7e-4, alpha 0.99 and eps 1e-5, on gradients clipped to a global norm of 0.5."""
     t_agent, m_agent = make_twins(head)
-    coefs = dict(ent_coef=0.01, vf_coef=0.5, norm_adv=False)
-    t_opt = torch.optim.RMSprop(t_agent.parameters(), lr=7e-4, alpha=0.99, eps=1e-5, weight_decay=0)
-    m_opt = optim.RMSprop(learning_rate=7e-4, alpha=0.99, eps=1e-5)
-    m_opt.init(m_agent.trainable_parameters())
-    loss_and_grad = nn.value_and_grad(m_agent, lambda *batch: P_MLX.a2c_loss(m_agent, *batch, **coefs))
-    start = {name: p.detach().clone() for name, p in t_agent.named_parameters()}
+    args = P_MLX.Args()
+    coefs = dict(max_grad_norm=args.max_grad_norm, ent_coef=0.01, vf_coef=args.vf_coef, norm_adv=args.norm_adv)
+    t_opt = P_TORCH.make_optimizer(t_agent, P_TORCH.Args())
+    m_opt = P_MLX.make_optimizer(m_agent, args)
+    state = [m_agent.state, m_opt.state]
+    m_train = mx.compile(partial(P_MLX.train_step, m_agent, m_opt, **coefs), inputs=state, outputs=state)
     for step in range(5):
         b = make_batch(head, seed=10 + step)
-        t_loss, _ = P_TORCH.a2c_loss(t_agent, *as_torch(b), **coefs)
-        t_opt.zero_grad()
-        t_loss.backward()
-        total_norm = torch.nn.utils.clip_grad_norm_(t_agent.parameters(), 0.5)
-        assert total_norm > 0.5, "the batch should exercise gradient clipping"
-        t_opt.step()
-        _, grads = loss_and_grad(*as_mlx(b))
-        grads, _ = optim.clip_grad_norm(grads, 0.5)
-        m_opt.update(m_agent, grads)
-        mx.eval(m_agent.parameters(), m_opt.state)
-    m_params = dict(tree_flatten(m_agent.parameters()))
-    for name, p in t_agent.named_parameters():
-        assert not torch.equal(p, start[name]), f"{name} did not move"
-        assert_close(m_params[name], p, atol=1e-6, what=f"param {name} after RMSprop")
+        before = torch_params(t_agent)
+        t_stats = P_TORCH.train_step(t_agent, t_opt, *as_torch(b), **coefs)
+        m_stats = m_train(*as_mlx(b))
+        mx.eval(m_stats, state)
+        assert_same_weights(m_agent, t_agent, atol=1e-6, what=f"update {step}")
+        for name, m, t in zip(["pg_loss", "v_loss", "entropy"], m_stats, t_stats):
+            assert_close(m, t, what=f"{name} of update {step}")
+        if step == 0:
+            after = torch_params(t_agent)
+            grads = {name: p.grad.numpy().copy() for name, p in t_agent.named_parameters()}
+            np.testing.assert_allclose(np.sqrt(sum((g**2).sum() for g in grads.values())), 0.5, rtol=1e-4)
+            for name, g in grads.items():
+                expected = before[name] - 7e-4 * g / (np.sqrt((1 - 0.99) * g**2) + 1e-5)
+                np.testing.assert_allclose(after[name], expected, atol=1e-7, rtol=1e-5, err_msg=f"first RMSprop step of {name}")
 
 
 def reference_nstep_returns(rewards, dones, next_value, next_done, gamma):

@@ -1,5 +1,8 @@
-"""ppo_mlx vs ppo_torch: same weights and batch give the same log-probs, entropy, values, loss terms,
-gradients and optimizer step; the MLX GAE equals an independent reference."""
+"""ppo_mlx vs ppo_torch: same weights and batch give the same log-probs, entropy, values, loss terms and
+gradients; one full update (train_step with the scripts' own optimizer) leaves the same weights, and is
+Adam's first step; the MLX GAE equals an independent reference."""
+
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -8,11 +11,20 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_clipped_adam_steps_match, assert_close, cross_load, load_script, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_same_weights,
+    cross_load,
+    load_script,
+    torch_params,
+    torch_params_to_mlx,
+)
 
 P_MLX = load_script("ppo", "mlx")
 P_TORCH = load_script("ppo", "torch")
 OBS_DIM, N_ACTIONS, B = 4, 3, 64
+STATS = ("pg_loss", "v_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac")
 
 
 @pytest.fixture
@@ -27,15 +39,15 @@ def twins():
     return t_agent, m_agent
 
 
-def make_batch(seed=1):
+def make_batch(seed=1, size=B):
     rng = np.random.default_rng(seed)
     return {
-        "obs": rng.normal(size=(B, OBS_DIM)).astype(np.float32),
-        "actions": rng.integers(0, N_ACTIONS, size=B),
-        "logprobs": (np.log(1 / N_ACTIONS) + 0.3 * rng.normal(size=B)).astype(np.float32),
-        "advantages": rng.normal(size=B).astype(np.float32),
-        "returns": rng.normal(size=B).astype(np.float32),
-        "values": rng.normal(size=B).astype(np.float32),
+        "obs": rng.normal(size=(size, OBS_DIM)).astype(np.float32),
+        "actions": rng.integers(0, N_ACTIONS, size=size),
+        "logprobs": (np.log(1 / N_ACTIONS) + 0.3 * rng.normal(size=size)).astype(np.float32),
+        "advantages": rng.normal(size=size).astype(np.float32),
+        "returns": rng.normal(size=size).astype(np.float32),
+        "values": rng.normal(size=size).astype(np.float32),
     }
 
 
@@ -80,8 +92,7 @@ def test_loss_terms_and_gradients(twins, norm_adv, clip_vloss):
 
     (m_loss, m_stats), m_grads = nn.value_and_grad(m_agent, loss_fn)(*as_mlx(b))
     assert_close(m_loss, t_loss, what="loss")
-    names = ["pg_loss", "v_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac"]
-    for name, m, t in zip(names, m_stats, t_stats):
+    for name, m, t in zip(STATS, m_stats, t_stats):
         assert_close(m, t, what=name)
     assert float(t_stats[5]) > 0, "the batch should exercise the clipped branch"
     m_grads = dict(tree_flatten(m_grads))
@@ -89,19 +100,33 @@ def test_loss_terms_and_gradients(twins, norm_adv, clip_vloss):
         assert_close(m_grads[name], p.grad, atol=1e-5, what=f"grad {name}")
 
 
-def test_clipped_adam_step_matches(twins):
-    """Global-norm clipping + Adam(eps=1e-5) with torch's bias correction: same weights after 3 steps."""
+def test_full_updates_match_and_the_first_is_adams(twins):
+    """train_step as the scripts run it (the minibatch gathered from the batch, loss, gradients, clipping, the
+    scripts' own Adam; MLX compiled): same loss terms and weights in both twins after each of 3 updates.
+    Against the formula: torch's first step is Adam's first step with CleanRL's lr 2.5e-4 and eps 1e-5, on
+    gradients clipped to a global norm of 0.5."""
     t_agent, m_agent = twins
-    coefs = dict(clip_coef=0.2, ent_coef=0.01, vf_coef=0.5, norm_adv=True, clip_vloss=True)
-    batches = [make_batch(seed=10 + step) for step in range(3)]
-    assert_clipped_adam_steps_match(
-        t_agent,
-        m_agent,
-        lambda batch: P_TORCH.ppo_loss(t_agent, *batch, **coefs),
-        lambda *batch: P_MLX.ppo_loss(m_agent, *batch, **coefs),
-        [(as_torch(b), as_mlx(b)) for b in batches],
-        lr=2.5e-4,
-    )
+    args = P_MLX.Args()
+    coefs = dict(max_grad_norm=args.max_grad_norm, clip_coef=args.clip_coef, ent_coef=args.ent_coef, vf_coef=args.vf_coef)
+    coefs.update(norm_adv=args.norm_adv, clip_vloss=args.clip_vloss)
+    t_opt = P_TORCH.make_optimizer(t_agent, P_TORCH.Args())
+    m_opt = P_MLX.make_optimizer(m_agent, args)
+    state = [m_agent.state, m_opt.state]
+    m_train = mx.compile(partial(P_MLX.train_step, m_agent, m_opt, **coefs), inputs=state, outputs=state)
+    batch = make_batch(seed=10, size=4 * B)
+    for step in range(3):
+        mb_inds = np.random.default_rng(step).permutation(4 * B)[:B]
+        before = torch_params(t_agent)
+        t_stats = P_TORCH.train_step(t_agent, t_opt, torch.tensor(mb_inds), *as_torch(batch), **coefs)
+        m_stats = m_train(mx.array(mb_inds), *as_mlx(batch))
+        mx.eval(m_stats, state)
+        assert_same_weights(m_agent, t_agent, atol=1e-5, what=f"update {step}")
+        for name, m, t in zip(STATS, m_stats, t_stats):
+            assert_close(m, t, what=f"{name} of update {step}")
+        if step == 0:
+            grads = {name: p.grad.numpy().copy() for name, p in t_agent.named_parameters()}
+            np.testing.assert_allclose(np.sqrt(sum((g**2).sum() for g in grads.values())), 0.5, rtol=1e-4)
+            assert_first_adam_step(before, torch_params(t_agent), grads, lr=2.5e-4, eps=1e-5)
 
 
 def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):
