@@ -1,9 +1,9 @@
 """DQN on Atari (Nature CNN, 84x84x4 grayscale frames) in MLX.
 
-Mirrors CleanRL's dqn_atari.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy): same
-defaults, same preprocessing, same TD loss, same logged tags. PyTorch twin:
-cleanrl_torch_reference/dqn_atari_torch.py. The replay buffer stores each frame once, so the default
-1M transitions fit in ~7 GB.
+CleanRL's dqn_atari.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy): same defaults, same
+preprocessing, same TD loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
+skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too). The
+replay memory stores each frame once, so the default 1M transitions fit in ~7 GB.
 
 Usage: python cleanrl_mlx/dqn_atari_mlx.py --env-id BreakoutNoFrameskip-v4
 """
@@ -73,7 +73,7 @@ class Args:
 
     # Algorithm specific arguments
     env_id: str = "BreakoutNoFrameskip-v4"
-    """the id of the environment"""
+    """the id of an ALE env (made with frameskip=1: MaxAndSkipEnv's skip of 4 is the only one)"""
     total_timesteps: int = 10000000
     """total timesteps of the experiments"""
     learning_rate: float = 1e-4
@@ -104,21 +104,44 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
+    limits = {  # field: (valid?, what it must be)
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "num_envs": (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
+        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "train_frequency": (args.train_frequency > 0, "positive"),
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
+    if args.learning_starts >= args.total_timesteps:
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
+        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; use dqn_mlx.py for vector observations")
-    for name in ("total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.num_envs != 1:
         raise SystemExit(
-            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
         )
-    if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
-        raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
-        )
+    try:
+        env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 # Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
@@ -209,11 +232,12 @@ class ClipRewardEnv(gym.RewardWrapper):
 
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
+        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
-            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
-            env = gym.make(env_id)
+            env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env = NoopResetEnv(env, noop_max=30)
         env = MaxAndSkipEnv(env, skip=4)
@@ -263,7 +287,7 @@ class Conv2d(nn.Module):
         out_c, in_c, k, _ = self.weight.shape
         n, h, w, _ = x.shape
         m, oh, ow = k // s, (h - k) // s + 1, (w - k) // s + 1
-        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols the strided conv reads
+        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols torch's strided conv reads
         x = (
             x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
             .transpose(0, 1, 3, 2, 4, 5)
@@ -305,7 +329,7 @@ class QNetwork(nn.Module):
         ]
 
     def __call__(self, x):
-        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, inside the compiled functions
+        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
         return forward(self.network, (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1))
 
 
@@ -387,19 +411,48 @@ def dqn_loss(q_network, obs, actions, target):
     return ((target - old_val) ** 2).mean(), old_val
 
 
-def polyak_update(online_params, target_params, tau):
-    """tau * online + (1 - tau) * target, leaf by leaf (tau = 1 is a hard copy)."""
-    return tree_map(lambda p, t: tau * p + (1.0 - tau) * t, online_params, target_params)
+def make_optimizer(q_network, args):
+    """CleanRL's Adam (default eps 1e-8) at args.learning_rate."""
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-8, bias_correction=True)  # torch's Adam
+    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, epsilon=0.05, capture_video=True):
+def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, dones, gamma):
+    """One gradient step: the TD target from the target network, the squared TD error of Q(s, a), Adam.
+    Returns (loss, mean Q(s, a))."""
+    target = td_target(target_network, next_obs, rewards, dones, gamma)
+    (loss, old_val), grads = nn.value_and_grad(q_network, partial(dqn_loss, q_network))(obs, actions, target)
+    optimizer.update(q_network, grads)
+    return loss, old_val.mean()
+
+
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    target.update(tree_map(lambda o, t: tau * o + (1 - tau) * t, online.parameters(), target.parameters()))
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=mx.cpu,
+    epsilon=0.05,
+    capture_video=True,
+    seed=1,
+):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` games."""
+    mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     model = Model(int(envs.single_action_space.n))
     model.load_weights(model_path)  # torch's layout: a file saved by either twin loads here
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
+    envs.single_action_space.seed(seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         if random.random() < epsilon:
@@ -419,18 +472,18 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    assert isinstance(envs.single_action_space, gym.spaces.Discrete), "ALE envs have discrete actions"
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
         print("dqn_atari_mlx: MLX has no GPU backend here, running on cpu")
         args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
     # MLX's CPU allocator keeps only 32 MB of freed buffers for reuse (the GPU backends keep up to the memory
     # limit). The CNN's im2col temporaries are ~100 MB at batch 256, so each would be a fresh allocation,
     # page-faulted in on every gradient step: raising the limit makes the CPU update ~1.9x faster.
@@ -462,33 +515,22 @@ if __name__ == "__main__":
 
     n_actions = int(envs.single_action_space.n)
     q_network = QNetwork(n_actions)
-    optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)  # torch's Adam, default eps
-    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(q_network, args)
     target_network = QNetwork(n_actions)
     target_network.update(q_network.parameters())
     mx.eval(q_network.state, target_network.state, optimizer.state)
+    train = partial(train_step, q_network, target_network, optimizer, gamma=args.gamma)
 
     # ALGO LOGIC: compiled hot paths. Each captures the live module state (no copies, no state dicts).
     # Exploration is decided on the host (random.random(), as CleanRL), so the network runs only for
     # greedy steps and epsilon never enters compiled code.
+    train = mx.compile(
+        train, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
+    )
+
     @partial(mx.compile, inputs=[q_network.state])
     def greedy_action(obs):
         return mx.argmax(q_network(obs), axis=1)
-
-    loss_and_grad = nn.value_and_grad(q_network, partial(dqn_loss, q_network))
-
-    @partial(
-        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
-    )
-    def train_step(obs, actions, rewards, next_obs, dones):
-        target = td_target(target_network, next_obs, rewards, dones, args.gamma)
-        (loss, old_val), grads = loss_and_grad(obs, actions, target)
-        optimizer.update(q_network, grads)
-        return loss, old_val.mean()
-
-    @partial(mx.compile, inputs=[q_network.state, target_network.state], outputs=[target_network.state])
-    def update_target():
-        target_network.update(polyak_update(q_network.trainable_parameters(), target_network.trainable_parameters(), args.tau))
 
     rb = FrameReplayBuffer(args.buffer_size, envs.single_observation_space.shape[1:], envs.single_observation_space.shape[0])
 
@@ -496,6 +538,7 @@ if __name__ == "__main__":
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
+    envs.single_action_space.seed(args.seed)  # what random exploration samples from
     env_time = inference_time = update_time = 0.0  # seconds since the last log
     last_log_step, last_return = 0, float("nan")
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
@@ -529,8 +572,8 @@ if __name__ == "__main__":
         if global_step > args.learning_starts:
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
-                data = rb.sample(args.batch_size)  # one mx.array per field; frames stay uint8
-                loss, q_values = train_step(*(mx.array(x) for x in data))
+                data = rb.sample(args.batch_size)  # frames stay uint8
+                loss, q_values = train(*(mx.array(x) for x in data))
                 mx.eval(loss, q_values, q_network.state, optimizer.state)  # one sync per gradient step
                 update_time += time.perf_counter() - t0
 
@@ -552,7 +595,7 @@ if __name__ == "__main__":
             # update target network
             if global_step % args.target_network_frequency == 0:
                 t0 = time.perf_counter()
-                update_target()
+                polyak_update(q_network, target_network, args.tau)
                 mx.eval(target_network.state)
                 update_time += time.perf_counter() - t0
 
@@ -568,8 +611,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             QNetwork,
-            epsilon=0.05,
+            device=device,
+            epsilon=args.end_e,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

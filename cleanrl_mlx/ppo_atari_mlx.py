@@ -1,8 +1,8 @@
 """PPO on Atari (Nature CNN, 84x84x4 grayscale frames) in MLX.
 
-Mirrors CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy): same
-defaults, same preprocessing, same loss, same logged tags. PyTorch twin:
-cleanrl_torch_reference/ppo_atari_torch.py.
+CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy): same defaults, same
+preprocessing, same loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
+skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too).
 
 Usage: python cleanrl_mlx/ppo_atari_mlx.py --env-id BreakoutNoFrameskip-v4
 """
@@ -71,7 +71,7 @@ class Args:
 
     # Algorithm specific arguments
     env_id: str = "BreakoutNoFrameskip-v4"
-    """the id of the environment"""
+    """the id of an ALE env (made with frameskip=1: MaxAndSkipEnv's skip of 4 is the only one)"""
     total_timesteps: int = 10000000
     """total timesteps of the experiments"""
     learning_rate: float = 2.5e-4
@@ -116,13 +116,27 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; use ppo_mlx.py for vector observations")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "num_envs": (args.num_envs > 0, "positive"),
+        "num_steps": (args.num_steps > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "gae_lambda": (0 <= args.gae_lambda <= 1, "in [0, 1]"),
+        "num_minibatches": (args.num_minibatches > 0, "positive"),
+        "update_epochs": (args.update_epochs > 0, "positive"),
+        "clip_coef": (args.clip_coef > 0, "positive"),
+        "ent_coef": (args.ent_coef >= 0, "non-negative"),
+        "vf_coef": (args.vf_coef >= 0, "non-negative"),
+        "max_grad_norm": (args.max_grad_norm > 0, "positive"),
+        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
         raise SystemExit(
             f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
@@ -133,6 +147,19 @@ def check_args(args: Args, script: str) -> None:
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    if "ale_py" not in str(gym.spec(args.env_id).entry_point):
+        raise SystemExit(
+            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
+        )
+    try:
+        env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 # Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
@@ -223,11 +250,12 @@ class ClipRewardEnv(gym.RewardWrapper):
 
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
+        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
-            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
-            env = gym.make(env_id)
+            env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env = NoopResetEnv(env, noop_max=30)
         env = MaxAndSkipEnv(env, skip=4)
@@ -292,7 +320,7 @@ class Conv2d(nn.Module):
         out_c, in_c, k, _ = self.weight.shape
         n, h, w, _ = x.shape
         m, oh, ow = k // s, (h - k) // s + 1, (w - k) // s + 1
-        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols the strided conv reads
+        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols torch's strided conv reads
         x = (
             x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
             .transpose(0, 1, 3, 2, 4, 5)
@@ -335,7 +363,7 @@ class Agent(nn.Module):
         self.critic = layer_init(nn.Linear(512, 1), std=1)
 
     def hidden(self, x):
-        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, inside the compiled functions
+        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
         return forward(self.network, (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1))
 
     def get_value(self, x):
@@ -383,7 +411,7 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     logratio = newlogprob - logprobs
     ratio = mx.exp(logratio)
 
-    # KL estimators and clip fraction are diagnostics only (torch computes them under no_grad)
+    # calculate approx_kl http://joschu.net/blog/kl-approx.html
     old_approx_kl = mx.stop_gradient((-logratio).mean())
     approx_kl = mx.stop_gradient(((ratio - 1) - logratio).mean())
     clipfrac = mx.stop_gradient((mx.abs(ratio - 1.0) > clip_coef).astype(mx.float32).mean())
@@ -410,14 +438,48 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     return loss, (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True):
+def make_optimizer(agent, args):
+    """CleanRL's Adam (eps 1e-5) at the initial learning rate."""
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-5, bias_correction=True)  # torch's Adam
+    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
+
+
+def train_step(
+    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values,
+    clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss, max_grad_norm,
+):  # fmt: skip
+    """One gradient step on the minibatch `mb_inds` of the batch: PPO loss, gradient clipping to a global
+    norm of max_grad_norm, Adam. Returns the loss terms (pg_loss, v_loss, entropy, old_approx_kl,
+    approx_kl, clipfrac)."""
+    (loss, stats), grads = nn.value_and_grad(agent, partial(ppo_loss, agent))(
+        b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds],
+        clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss,
+    )  # fmt: skip
+    grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
+    optimizer.update(agent, grads)
+    return stats
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=mx.cpu,
+    capture_video=True,
+    seed=1,
+):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
+    mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     agent = Model(int(envs.single_action_space.n))
     agent.load_weights(model_path)  # torch's layout: a file saved by either twin loads here
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         actions = np.array(mx.random.categorical(agent.get_logits(mx.array(obs))))
@@ -437,22 +499,18 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
         print("ppo_atari_mlx: MLX has no GPU backend here, running on cpu")
         args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
     # MLX's CPU allocator keeps only 32 MB of freed buffers for reuse (the GPU backends keep up to the memory
     # limit). The CNN's im2col temporaries are ~100 MB at batch 256, so each would be a fresh allocation,
     # page-faulted in on every gradient step: raising the limit makes the CPU update ~1.9x faster.
@@ -483,40 +541,22 @@ if __name__ == "__main__":
     )
 
     agent = Agent(int(envs.single_action_space.n))
-    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=1e-5, bias_correction=True)  # torch's Adam
-    optimizer.init(agent.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step, agent, optimizer, clip_coef=args.clip_coef, ent_coef=args.ent_coef, vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv, clip_vloss=args.clip_vloss, max_grad_norm=args.max_grad_norm,
+    )  # fmt: skip
 
     # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts);
     # the learning rate lives in optimizer.state, so annealing it never recompiles.
+    train = mx.compile(train, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
+
     @partial(mx.compile, inputs=[agent.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
         logits, value = agent.get_logits_and_value(x)
         action = mx.random.categorical(logits)
         logprob, _ = categorical_logprob_entropy(logits, action)
         return action, logprob, value
-
-    loss_and_grad = nn.value_and_grad(
-        agent,
-        partial(
-            ppo_loss,
-            agent,
-            clip_coef=args.clip_coef,
-            ent_coef=args.ent_coef,
-            vf_coef=args.vf_coef,
-            norm_adv=args.norm_adv,
-            clip_vloss=args.clip_vloss,
-        ),
-    )
-
-    @partial(mx.compile, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
-    def train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values):
-        # the minibatch is gathered here, from batch arrays sent to MLX once per iteration
-        (loss, stats), grads = loss_and_grad(
-            b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds]
-        )
-        grads, _ = optim.clip_grad_norm(grads, args.max_grad_norm)
-        optimizer.update(agent, grads)
-        return stats
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host; frames stay uint8)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
@@ -573,7 +613,7 @@ if __name__ == "__main__":
         next_value = np.array(agent.get_value(mx.array(next_obs)))
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
-        # flatten the batch and send it to MLX once
+        # flatten the batch
         b_obs = mx.array(obs.reshape((-1,) + envs.single_observation_space.shape))
         b_actions = mx.array(actions.reshape(-1))
         b_logprobs = mx.array(logprobs.reshape(-1))
@@ -588,7 +628,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 mb_inds = mx.array(b_inds[start : start + args.minibatch_size])
-                stats = train_step(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
+                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
                 mx.eval(stats, agent.state, optimizer.state)  # one sync per gradient step
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
@@ -627,7 +667,15 @@ if __name__ == "__main__":
         agent.save_weights(model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Agent, capture_video=args.capture_video
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            Agent,
+            device=device,
+            capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

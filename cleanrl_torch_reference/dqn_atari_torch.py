@@ -1,9 +1,9 @@
-"""DQN on Atari (Nature CNN, 84x84x4 grayscale frames) in PyTorch: the reference twin of
-cleanrl_mlx/dqn_atari_mlx.py.
+"""DQN on Atari (Nature CNN, 84x84x4 grayscale frames) in PyTorch: the reference twin of cleanrl_mlx/dqn_atari_mlx.py.
 
-Eager PyTorch as CleanRL's dqn_atari.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy)
-writes it: same defaults, same preprocessing, same TD loss, same logged tags as the MLX script. The
-replay buffer stores each frame once, so the default 1M transitions fit in ~7 GB.
+CleanRL's dqn_atari.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy): same defaults, same
+preprocessing, same TD loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
+skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too). The
+replay memory stores each frame once, so the default 1M transitions fit in ~7 GB.
 
 Usage: python cleanrl_torch_reference/dqn_atari_torch.py --env-id BreakoutNoFrameskip-v4
 """
@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import ale_py
@@ -55,7 +56,7 @@ class Args:
 
     # Algorithm specific arguments
     env_id: str = "BreakoutNoFrameskip-v4"
-    """the id of the environment"""
+    """the id of an ALE env (made with frameskip=1: MaxAndSkipEnv's skip of 4 is the only one)"""
     total_timesteps: int = 10000000
     """total timesteps of the experiments"""
     learning_rate: float = 1e-4
@@ -86,21 +87,42 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
+    limits = {  # field: (valid?, what it must be)
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "num_envs": (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
+        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "train_frequency": (args.train_frequency > 0, "positive"),
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.learning_starts >= args.total_timesteps:
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
+        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; use dqn_torch.py for vector observations")
-    for name in ("total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.num_envs != 1:
         raise SystemExit(
-            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
+            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
         )
-    if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
-        raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
-        )
+    try:
+        env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 # Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
@@ -191,11 +213,12 @@ class ClipRewardEnv(gym.RewardWrapper):
 
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
+        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
-            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
-            env = gym.make(env_id)
+            env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env = NoopResetEnv(env, noop_max=30)
         env = MaxAndSkipEnv(env, skip=4)
@@ -321,8 +344,40 @@ def dqn_loss(q_network, obs, actions, target):
     return F.mse_loss(target, old_val), old_val
 
 
+def make_optimizer(q_network, args):
+    """CleanRL's Adam (default eps 1e-8) at args.learning_rate."""
+    return optim.Adam(q_network.parameters(), lr=args.learning_rate)
+
+
+def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, dones, gamma):
+    """One gradient step: the TD target from the target network, the squared TD error of Q(s, a), Adam.
+    Returns (loss, mean Q(s, a))."""
+    target = td_target(target_network, next_obs, rewards, dones, gamma)
+    loss, old_val = dqn_loss(q_network, obs, actions.long(), target)  # torch's gather takes int64 indices
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss, old_val.mean()
+
+
+@torch.no_grad()
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    for target_param, param in zip(target.parameters(), online.parameters()):
+        target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
+
+
 def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    epsilon=0.05,
+    capture_video=True,
+    seed=1,
 ):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` games."""
     envs = gym.vector.SyncVectorEnv(
@@ -331,7 +386,8 @@ def evaluate(
     model = Model(int(envs.single_action_space.n)).to(device)
     model.load_state_dict(load_file(model_path, device=str(device)))  # torch's layout: either twin's file loads
     model.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
+    envs.single_action_space.seed(seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         if random.random() < epsilon:
@@ -352,12 +408,11 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    assert isinstance(envs.single_action_space, gym.spaces.Discrete), "ALE envs have discrete actions"
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -389,9 +444,10 @@ if __name__ == "__main__":
 
     n_actions = int(envs.single_action_space.n)
     q_network = QNetwork(n_actions).to(device)
-    optimizer = optim.Adam(q_network.parameters(), lr=args.learning_rate)
+    optimizer = make_optimizer(q_network, args)
     target_network = QNetwork(n_actions).to(device)
     target_network.load_state_dict(q_network.state_dict())
+    train = partial(train_step, q_network, target_network, optimizer, gamma=args.gamma)
 
     rb = FrameReplayBuffer(args.buffer_size, envs.single_observation_space.shape[1:], envs.single_observation_space.shape[0])
 
@@ -399,6 +455,7 @@ if __name__ == "__main__":
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
+    envs.single_action_space.seed(args.seed)  # what random exploration samples from
     env_time = inference_time = update_time = 0.0  # seconds since the last log
     last_log_step, last_return = 0, float("nan")
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
@@ -434,14 +491,8 @@ if __name__ == "__main__":
         if global_step > args.learning_starts:
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
-                b_obs, b_actions, b_rewards, b_next_obs, b_dones = (
-                    torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)
-                )
-                target = td_target(target_network, b_next_obs, b_rewards, b_dones, args.gamma)
-                loss, old_val = dqn_loss(q_network, b_obs, b_actions.long(), target)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                data = rb.sample(args.batch_size)  # frames stay uint8
+                loss, q_values = train(*(torch.as_tensor(x, device=device) for x in data))
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the update is only done when the device is
                 update_time += time.perf_counter() - t0
@@ -450,7 +501,7 @@ if __name__ == "__main__":
                     steps_since_log, last_log_step = global_step - last_log_step, global_step
                     sps = int(global_step / (time.time() - start_time))
                     writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                    writer.add_scalar("losses/q_values", old_val.mean().item(), global_step)
+                    writer.add_scalar("losses/q_values", q_values.item(), global_step)
                     writer.add_scalar("charts/SPS", sps, global_step)
                     writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
                     writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
@@ -464,10 +515,7 @@ if __name__ == "__main__":
             # update target network
             if global_step % args.target_network_frequency == 0:
                 t0 = time.perf_counter()
-                for target_network_param, q_network_param in zip(target_network.parameters(), q_network.parameters()):
-                    target_network_param.data.copy_(
-                        args.tau * q_network_param.data + (1.0 - args.tau) * target_network_param.data
-                    )
+                polyak_update(q_network, target_network, args.tau)
                 update_time += time.perf_counter() - t0
 
     progress.close()
@@ -483,8 +531,9 @@ if __name__ == "__main__":
             f"{run_name}-eval",
             QNetwork,
             device=device,
-            epsilon=0.05,
+            epsilon=args.end_e,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,8 +1,8 @@
-"""PPO on Atari (Nature CNN, 84x84x4 grayscale frames) in PyTorch: the reference twin of
-cleanrl_mlx/ppo_atari_mlx.py.
+"""PPO on Atari (Nature CNN, 84x84x4 grayscale frames) in PyTorch: the reference twin of cleanrl_mlx/ppo_atari_mlx.py.
 
-Eager PyTorch as CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy)
-writes it: same defaults, same preprocessing, same loss, same logged tags as the MLX script.
+CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy): same defaults, same
+preprocessing, same loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
+skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too).
 
 Usage: python cleanrl_torch_reference/ppo_atari_torch.py --env-id BreakoutNoFrameskip-v4
 """
@@ -12,6 +12,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import ale_py
@@ -54,7 +55,7 @@ class Args:
 
     # Algorithm specific arguments
     env_id: str = "BreakoutNoFrameskip-v4"
-    """the id of the environment"""
+    """the id of an ALE env (made with frameskip=1: MaxAndSkipEnv's skip of 4 is the only one)"""
     total_timesteps: int = 10000000
     """total timesteps of the experiments"""
     learning_rate: float = 2.5e-4
@@ -99,13 +100,25 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; use ppo_torch.py for vector observations")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "num_envs": (args.num_envs > 0, "positive"),
+        "num_steps": (args.num_steps > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "gae_lambda": (0 <= args.gae_lambda <= 1, "in [0, 1]"),
+        "num_minibatches": (args.num_minibatches > 0, "positive"),
+        "update_epochs": (args.update_epochs > 0, "positive"),
+        "clip_coef": (args.clip_coef > 0, "positive"),
+        "ent_coef": (args.ent_coef >= 0, "non-negative"),
+        "vf_coef": (args.vf_coef >= 0, "non-negative"),
+        "max_grad_norm": (args.max_grad_norm > 0, "positive"),
+        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
         raise SystemExit(
             f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
@@ -116,6 +129,19 @@ def check_args(args: Args, script: str) -> None:
             f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    if "ale_py" not in str(gym.spec(args.env_id).entry_point):
+        raise SystemExit(
+            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
+        )
+    try:
+        env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 # Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
@@ -206,11 +232,12 @@ class ClipRewardEnv(gym.RewardWrapper):
 
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
+        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
-            env = gym.make(env_id, render_mode="rgb_array")
+            env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
-            env = gym.make(env_id)
+            env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         env = NoopResetEnv(env, noop_max=30)
         env = MaxAndSkipEnv(env, skip=4)
@@ -305,8 +332,8 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     logratio = newlogprob - logprobs
     ratio = logratio.exp()
 
+    # calculate approx_kl http://joschu.net/blog/kl-approx.html
     with torch.no_grad():
-        # calculate approx_kl http://joschu.net/blog/kl-approx.html
         old_approx_kl = (-logratio).mean()
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
@@ -333,7 +360,41 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     return loss, (pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True):
+def make_optimizer(agent, args):
+    """CleanRL's Adam (eps 1e-5) at the initial learning rate."""
+    return optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+
+def train_step(
+    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values,
+    clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss, max_grad_norm,
+):  # fmt: skip
+    """One gradient step on the minibatch `mb_inds` of the batch: PPO loss, gradient clipping to a global
+    norm of max_grad_norm, Adam. Returns the loss terms (pg_loss, v_loss, entropy, old_approx_kl,
+    approx_kl, clipfrac)."""
+    loss, stats = ppo_loss(
+        agent,
+        b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds],
+        clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss,
+    )  # fmt: skip
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
+    optimizer.step()
+    return stats
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    capture_video=True,
+    seed=1,
+):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -341,7 +402,7 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, devic
     agent = Model(int(envs.single_action_space.n)).to(device)
     agent.load_state_dict(load_file(model_path, device=str(device)))  # torch's layout: either twin's file loads
     agent.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
@@ -362,16 +423,11 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -402,7 +458,11 @@ if __name__ == "__main__":
     )
 
     agent = Agent(int(envs.single_action_space.n)).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = make_optimizer(agent, args)
+    train = partial(
+        train_step, agent, optimizer, clip_coef=args.clip_coef, ent_coef=args.ent_coef, vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv, clip_vloss=args.clip_vloss, max_grad_norm=args.max_grad_norm,
+    )  # fmt: skip
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host; frames stay uint8)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
@@ -477,24 +537,7 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 mb_inds = torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device)
-                loss, stats = ppo_loss(
-                    agent,
-                    b_obs[mb_inds],
-                    b_actions[mb_inds],
-                    b_logprobs[mb_inds],
-                    b_advantages[mb_inds],
-                    b_returns[mb_inds],
-                    b_values[mb_inds],
-                    clip_coef=args.clip_coef,
-                    ent_coef=args.ent_coef,
-                    vf_coef=args.vf_coef,
-                    norm_adv=args.norm_adv,
-                    clip_vloss=args.clip_vloss,
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
+                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
@@ -542,6 +585,7 @@ if __name__ == "__main__":
             Agent,
             device=device,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

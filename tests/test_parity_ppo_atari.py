@@ -1,7 +1,11 @@
 """ppo_atari_mlx vs ppo_atari_torch: the space-to-depth convolution equals a plain strided one (MLX's
 own and torch's, forward and gradients); with the same weights (files in torch's layout, loaded
-untouched by both) the Nature-CNN agent gives the same logits, values, loss terms and gradients; the
-Atari preprocessing logs whole games, not lives."""
+untouched by both) the Nature-CNN agent gives the same logits, values, loss terms and gradients; one
+full update (the scripts' own train_step and optimizer) leaves the same weights, and the torch one is
+CleanRL's clipped first Adam step; the Atari preprocessing logs whole games, not lives, and skips
+frames once for ALE/...-v5 ids too."""
+
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -10,7 +14,15 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, cross_load, load_script, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_same_weights,
+    cross_load,
+    load_script,
+    torch_params,
+    torch_params_to_mlx,
+)
 
 P_MLX = load_script("ppo_atari", "mlx")
 P_TORCH = load_script("ppo_atari", "torch")
@@ -127,6 +139,38 @@ def test_loss_terms_and_gradients(twins, norm_adv, clip_vloss):
         assert_close(m_grads[name], p.grad, atol=1e-5, what=f"grad {name}")
 
 
+def test_one_full_update(twins):
+    """train_step (loss, gradients, clipping to max_grad_norm, Adam) on one minibatch of a batch, with each
+    script's own make_optimizer and default Args: the same weights and loss terms come out of both twins
+    (MLX compiled, as the script runs it). Against the formula: the torch step is a first Adam step with
+    CleanRL's learning rate 2.5e-4 and eps 1e-5 on gradients clipped to a global norm of 0.5."""
+    t_agent, m_agent = twins
+    m_args, t_args = P_MLX.Args(), P_TORCH.Args()
+    hyper = {k: getattr(t_args, k) for k in ("clip_coef", "ent_coef", "vf_coef", "norm_adv", "clip_vloss", "max_grad_norm")}
+    assert hyper == {k: getattr(m_args, k) for k in hyper}
+    b = {k: np.concatenate([v, w]) for (k, v), w in zip(make_batch(1).items(), make_batch(2).values())}  # a batch of 2B
+    mb_inds = np.random.default_rng(0).permutation(2 * B)[:B]
+    m_opt, t_opt = P_MLX.make_optimizer(m_agent, m_args), P_TORCH.make_optimizer(t_agent, t_args)
+
+    before = torch_params(t_agent)
+    t_stats = P_TORCH.train_step(t_agent, t_opt, torch.tensor(mb_inds), *(torch.tensor(b[k]) for k in KEYS), **hyper)
+    grads = {name: p.grad.numpy().copy() for name, p in t_agent.named_parameters()}
+    train = mx.compile(
+        partial(P_MLX.train_step, m_agent, m_opt, **hyper),
+        inputs=[m_agent.state, m_opt.state],
+        outputs=[m_agent.state, m_opt.state],
+    )
+    m_stats = train(mx.array(mb_inds), *(mx.array(b[k]) for k in KEYS))
+    mx.eval(m_stats, m_agent.state, m_opt.state)
+
+    assert_same_weights(m_agent, t_agent, atol=1e-5, what="after one update")
+    for name, m, t in zip(["pg_loss", "v_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac"], m_stats, t_stats):
+        assert_close(m, t, what=name)
+    norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values()))
+    assert abs(norm - 0.5) < 1e-4, f"the gradients were clipped to a global norm of {norm}, not 0.5"
+    assert_first_adam_step(before, torch_params(t_agent), grads, lr=2.5e-4, eps=1e-5)
+
+
 def test_weights_round_trip_both_ways(twins, tmp_path):
     """The on-disk layout is torch's: a file saved by either twin loads in the other unchanged."""
     t_agent, m_agent = twins
@@ -164,3 +208,19 @@ def test_preprocessing_logs_whole_games_not_lives(module):
     game_return, game_length = games[0]
     assert game_return >= clipped_sum, "the logged return is the raw score, which is at least the clipped one"
     assert game_length > 4 * 100, "the logged length counts raw frames (4 per agent step, plus no-ops)"
+
+
+@pytest.mark.parametrize("framework", ["mlx", "torch"])
+@pytest.mark.parametrize("name", ["ppo_atari", "dqn_atari"])
+def test_ale_v5_id_skips_frames_once(name, framework):
+    """ALE/...-v5 ids skip 4 frames of their own: make_env (in both Atari pairs) turns that off with
+    frameskip=1, so an agent step is MaxAndSkipEnv's 4 emulator frames, not 16."""
+    module = P_MLX if (name, framework) == ("ppo_atari", "mlx") else load_script(name, framework)
+    env = module.make_env("ALE/Breakout-v5", 0, False, "test")()
+    assert env.unwrapped._frameskip == 1
+    obs, _ = env.reset(seed=0)
+    frame = env.unwrapped.ale.getEpisodeFrameNumber()
+    obs, *_ = env.step(0)
+    assert env.unwrapped.ale.getEpisodeFrameNumber() - frame == 4
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    env.close()
