@@ -1,7 +1,7 @@
-"""C51 (categorical DQN, Bellemare et al. 2017) for discrete actions (classic control) in MLX.
+"""C51 for discrete actions (classic control) in MLX; its PyTorch twin is cleanrl_torch_reference/c51_torch.py.
 
-Mirrors CleanRL's c51.py (https://docs.cleanrl.dev/rl-algorithms/c51/#c51py): same defaults, same
-categorical projection and loss, same logged tags. PyTorch twin: cleanrl_torch_reference/c51_torch.py.
+Mirrors CleanRL's c51.py (https://docs.cleanrl.dev/rl-algorithms/c51/#c51py): C51 (categorical DQN,
+Bellemare et al. 2017) with the same defaults, categorical projection, loss and logged tags.
 
 Usage: python cleanrl_mlx/c51_mlx.py --env-id CartPole-v1
 """
@@ -34,6 +34,7 @@ if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "b
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
+from mlx.utils import tree_map  # noqa: E402
 
 # tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
 # entry in sys.modules makes that import fail, so tensorboardX goes on without it
@@ -102,21 +103,47 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "n_atoms": (args.n_atoms >= 2, "at least 2"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
+        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "train_frequency": (args.train_frequency > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.num_envs != 1:
         raise SystemExit(
             f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
         )
-    if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
+    if args.learning_starts >= args.total_timesteps:
         raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
         )
-    if args.n_atoms < 2 or args.v_min >= args.v_max:
-        raise SystemExit(f"{script}: need --n-atoms >= 2 and --v-min < --v-max, got {args.n_atoms}, [{args.v_min}, {args.v_max}]")
+    if args.v_min >= args.v_max:
+        raise SystemExit(f"{script}: need --v-min < --v-max, got [{args.v_min}, {args.v_max}]")
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -138,9 +165,10 @@ def forward(layers, x):
     return x
 
 
-# ALGO LOGIC: initialize agent here (MLX's default Linear init is torch's: U(-1/sqrt(in), 1/sqrt(in)))
+# ALGO LOGIC: initialize agent here:
 class QNetwork(nn.Module):
-    # a plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., the torch twin's
+    # a plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., the torch twin's;
+    # MLX's default Linear init is torch's: U(-1/sqrt(in), 1/sqrt(in))
     def __init__(self, obs_dim, n_actions, n_atoms=101, v_min=-100, v_max=100):
         super().__init__()
         self.n, self.n_atoms = n_actions, n_atoms
@@ -155,7 +183,7 @@ class QNetwork(nn.Module):
             pmfs = mx.softmax(logits, axis=2)
             action = mx.argmax((pmfs * self.atoms).sum(2), axis=1)
             return action, mx.take_along_axis(pmfs, action[:, None, None], axis=1).squeeze(1)
-        # each action's pmf is its own softmax: with the action given, only its atoms need one (half the exp)
+        # each action's pmf is its own softmax: with the action given, MLX takes only its atoms' (half the exp)
         return action, mx.softmax(mx.take_along_axis(logits, action[:, None, None], axis=1).squeeze(1), axis=1)
 
 
@@ -219,7 +247,7 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
     # (l == u) handles the case where b is exactly an integer: all the mass goes to l
     d_m_l = (u + (l == u) - b) * next_pmfs
     d_m_u = (b - l) * next_pmfs
-    # one scatter-add over the flattened batch for both neighbours (.at[].add accumulates repeats)
+    # one scatter-add over the flattened batch for both neighbours (repeated indices accumulate)
     offset = n_atoms * mx.arange(next_pmfs.shape[0])[:, None]
     index = mx.concatenate([(l.astype(mx.int32) + offset).reshape(-1), (u.astype(mx.int32) + offset).reshape(-1)])
     target_pmfs = mx.zeros(next_pmfs.size).at[index].add(mx.concatenate([d_m_l.reshape(-1), d_m_u.reshape(-1)]))
@@ -234,14 +262,41 @@ def c51_loss(q_network, obs, actions, target_pmfs):
     return loss, old_pmfs
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, epsilon=0.05, capture_video=True):
+def make_optimizer(q_network, args):
+    """Adam as CleanRL's c51.py builds it: its learning rate, eps 0.01 / batch_size, bias-corrected steps."""
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=0.01 / args.batch_size, bias_correction=True)
+    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
+
+
+def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, dones, *, gamma, v_min, v_max):
+    """One gradient step on a replay batch. Returns (cross-entropy loss, mean Q(s, a)) for logging."""
+    _, next_pmfs = target_network.get_action(next_obs)
+    target_pmfs = categorical_projection(next_pmfs, rewards, dones, target_network.atoms, gamma, v_min, v_max)
+    (loss, old_pmfs), grads = nn.value_and_grad(q_network, partial(c51_loss, q_network))(obs, actions, target_pmfs)
+
+    # optimize the model
+    optimizer.update(q_network, grads)
+    return loss, (old_pmfs * q_network.atoms).sum(1).mean()
+
+
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    target.update(tree_map(lambda o, t: tau * o + (1 - tau) * t, online.parameters(), target.parameters()))
+
+
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device=mx.cpu, epsilon=0.05, capture_video=True, seed=1
+):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's c51_eval does) for `eval_episodes` episodes."""
+    mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
-    model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n))  # atoms: see the caller
+    model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n))
     model.load_weights(model_path)
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
+    envs.action_space.seed(seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         if random.random() < epsilon:
@@ -263,16 +318,11 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
@@ -307,8 +357,7 @@ if __name__ == "__main__":
     obs_dim, n_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
     Model = partial(QNetwork, n_atoms=args.n_atoms, v_min=args.v_min, v_max=args.v_max)
     q_network = Model(obs_dim, n_actions)
-    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=0.01 / args.batch_size, bias_correction=True)  # torch's Adam
-    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(q_network, args)
     target_network = Model(obs_dim, n_actions)
     target_network.update(q_network.parameters())
     mx.eval(q_network.state, target_network.state, optimizer.state)
@@ -320,17 +369,14 @@ if __name__ == "__main__":
     def act(obs):
         return q_network.get_action(obs)[0]
 
-    loss_and_grad = nn.value_and_grad(q_network, partial(c51_loss, q_network))
-
-    @partial(
-        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
+    state = [q_network.state, target_network.state, optimizer.state]
+    train = mx.compile(
+        partial(train_step, q_network, target_network, optimizer, gamma=args.gamma, v_min=args.v_min, v_max=args.v_max),
+        inputs=state,
+        outputs=state,
     )
-    def train_step(obs, actions, rewards, next_obs, dones):
-        _, next_pmfs = target_network.get_action(next_obs)
-        target_pmfs = categorical_projection(next_pmfs, rewards, dones, target_network.atoms, args.gamma, args.v_min, args.v_max)
-        (loss, old_pmfs), grads = loss_and_grad(obs, actions, target_pmfs)
-        optimizer.update(q_network, grads)
-        return loss, (old_pmfs * q_network.atoms).sum(1).mean()
+    # CleanRL's C51 copies the online network into the target network outright (tau = 1)
+    update_target = mx.compile(partial(polyak_update, q_network, target_network, 1.0), inputs=state, outputs=state)
 
     rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape)
 
@@ -342,13 +388,13 @@ if __name__ == "__main__":
     last_log_step, last_return = 0, float("nan")
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
     for global_step in range(args.total_timesteps):
-        # ALGO LOGIC: put action logic here (np.array(...) is the one host sync per step)
+        # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
         if random.random() < epsilon:
             actions = envs.action_space.sample()
         else:
-            actions = np.array(act(mx.array(obs, dtype=mx.float32)))
+            actions = np.array(act(mx.array(obs, dtype=mx.float32)))  # the one host sync per step
         t1 = time.perf_counter()
 
         # TRY NOT TO MODIFY: execute the game and log data.
@@ -373,8 +419,8 @@ if __name__ == "__main__":
         if global_step > args.learning_starts:
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
-                data = rb.sample(args.batch_size)  # one mx.array per field
-                loss, q_values = train_step(*(mx.array(x) for x in data))
+                data = rb.sample(args.batch_size)
+                loss, q_values = train(*(mx.array(x) for x in data))
                 mx.eval(loss, q_values, q_network.state, optimizer.state)  # one sync per gradient step
                 update_time += time.perf_counter() - t0
 
@@ -393,10 +439,12 @@ if __name__ == "__main__":
                     if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
                         print("SPS:", sps)
 
-            # update target network: MLX arrays are immutable, so taking the online network's current
-            # arrays is a copy that costs nothing (the next optimizer step makes new ones)
+            # update target network
             if global_step % args.target_network_frequency == 0:
-                target_network.update(q_network.trainable_parameters())
+                t0 = time.perf_counter()
+                update_target()
+                mx.eval(target_network.state)
+                update_time += time.perf_counter() - t0
 
     progress.close()
     if args.save_model:
@@ -410,8 +458,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Model,
+            device=mx.default_device(),
             epsilon=args.end_e,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

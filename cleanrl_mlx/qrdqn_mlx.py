@@ -1,11 +1,11 @@
-"""QR-DQN (quantile regression DQN, Dabney et al. 2018) for discrete actions (classic control) in MLX.
+"""QR-DQN for discrete actions (classic control) in MLX; its PyTorch twin is cleanrl_torch_reference/qrdqn_torch.py.
 
-Written in the shape of CleanRL's dqn.py; the algorithm is QR-DQN as sb3-contrib defines it (quantile
-midpoints, quantile Huber loss with kappa = 1, greedy target action from the mean of the target
-network's quantiles) with rl-zoo's tuned CartPole-v1 hyperparameters as defaults.
-PyTorch twin: cleanrl_torch_reference/qrdqn_torch.py.
-Exploration follows CleanRL's linear epsilon schedule from the first step (sb3 instead acts uniformly
-at random until learning_starts; with these defaults epsilon is still above 0.88 there).
+Written in the shape of CleanRL's dqn.py; the algorithm is QR-DQN (quantile regression DQN, Dabney et
+al. 2018) as sb3-contrib defines it (quantile midpoints, quantile Huber loss with kappa = 1, greedy
+target action from the mean of the target network's quantiles) with rl-zoo's tuned CartPole-v1
+hyperparameters as defaults. Exploration follows CleanRL's linear epsilon schedule from the first step
+(sb3 instead acts uniformly at random until learning_starts; with these defaults epsilon is still above
+0.88 there).
 
 Usage: python cleanrl_mlx/qrdqn_mlx.py --env-id CartPole-v1
 """
@@ -109,27 +109,48 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in (
-        "total_timesteps",
-        "buffer_size",
-        "batch_size",
-        "train_frequency",
-        "gradient_steps",
-        "target_network_frequency",
-        "n_quantiles",
-    ):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "n_quantiles": (args.n_quantiles > 0, "positive"),
+        "net_arch": (all(size > 0 for size in args.net_arch), "positive"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
+        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "train_frequency": (args.train_frequency > 0, "positive"),
+        "gradient_steps": (args.gradient_steps > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.num_envs != 1:
         raise SystemExit(
             f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
         )
-    if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
+    if args.learning_starts >= args.total_timesteps:
         raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -151,9 +172,10 @@ def forward(layers, x):
     return x
 
 
-# ALGO LOGIC: initialize agent here (MLX's default Linear init is torch's: U(-1/sqrt(in), 1/sqrt(in)))
+# ALGO LOGIC: initialize agent here:
 class QNetwork(nn.Module):
-    # a plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., the torch twin's
+    # a plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., the torch twin's;
+    # MLX's default Linear init is torch's: U(-1/sqrt(in), 1/sqrt(in))
     def __init__(self, obs_dim, n_actions, n_quantiles=10, net_arch=(256, 256)):
         super().__init__()
         self.n, self.n_quantiles = n_actions, n_quantiles
@@ -245,19 +267,43 @@ def qrdqn_loss(q_network, obs, actions, target_quantiles):
     return quantile_huber_loss(current_quantiles, target_quantiles), current_quantiles
 
 
-def polyak_update(online_params, target_params, tau):
-    """tau * online + (1 - tau) * target, leaf by leaf (tau = 1 is a hard copy)."""
-    return tree_map(lambda p, t: tau * p + (1.0 - tau) * t, online_params, target_params)
+def make_optimizer(q_network, args):
+    """Adam with sb3-contrib's settings for QR-DQN: the learning rate, eps 0.01 / batch_size (as in the
+    paper), bias-corrected steps."""
+    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=0.01 / args.batch_size, bias_correction=True)
+    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, epsilon=0.05, capture_video=True):
+def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, dones, *, gamma):
+    """One gradient step on a replay batch. Returns (quantile Huber loss, mean quantile of Q(s, a)) for logging."""
+    target_quantiles = qrdqn_target(target_network, next_obs, rewards, dones, gamma)
+    (loss, current_quantiles), grads = nn.value_and_grad(q_network, partial(qrdqn_loss, q_network))(
+        obs, actions, target_quantiles
+    )
+
+    # optimize the model
+    optimizer.update(q_network, grads)
+    return loss, current_quantiles.mean()
+
+
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    target.update(tree_map(lambda o, t: tau * o + (1 - tau) * t, online.parameters(), target.parameters()))
+
+
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device=mx.cpu, epsilon=0.05, capture_video=True, seed=1
+):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
+    mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
-    model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n))  # sizes: see the caller
+    model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n))
     model.load_weights(model_path)
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
+    envs.action_space.seed(seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         if random.random() < epsilon:
@@ -279,16 +325,11 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
@@ -323,9 +364,7 @@ if __name__ == "__main__":
     obs_dim, n_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
     Model = partial(QNetwork, n_quantiles=args.n_quantiles, net_arch=args.net_arch)
     q_network = Model(obs_dim, n_actions)
-    # torch's Adam with sb3-contrib's eps for QR-DQN (0.01 / batch_size, as in the paper)
-    optimizer = optim.Adam(learning_rate=args.learning_rate, eps=0.01 / args.batch_size, bias_correction=True)
-    optimizer.init(q_network.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(q_network, args)
     target_network = Model(obs_dim, n_actions)
     target_network.update(q_network.parameters())
     mx.eval(q_network.state, target_network.state, optimizer.state)
@@ -337,20 +376,9 @@ if __name__ == "__main__":
     def act(obs):
         return q_network.get_action(obs)
 
-    loss_and_grad = nn.value_and_grad(q_network, partial(qrdqn_loss, q_network))
-
-    @partial(
-        mx.compile, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
-    )
-    def train_step(obs, actions, rewards, next_obs, dones):
-        target_quantiles = qrdqn_target(target_network, next_obs, rewards, dones, args.gamma)
-        (loss, current_quantiles), grads = loss_and_grad(obs, actions, target_quantiles)
-        optimizer.update(q_network, grads)
-        return loss, current_quantiles.mean()
-
-    @partial(mx.compile, inputs=[q_network.state, target_network.state], outputs=[target_network.state])
-    def update_target():
-        target_network.update(polyak_update(q_network.trainable_parameters(), target_network.trainable_parameters(), args.tau))
+    state = [q_network.state, target_network.state, optimizer.state]
+    train = mx.compile(partial(train_step, q_network, target_network, optimizer, gamma=args.gamma), inputs=state, outputs=state)
+    update_target = mx.compile(partial(polyak_update, q_network, target_network, args.tau), inputs=state, outputs=state)
 
     rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape)
 
@@ -362,13 +390,13 @@ if __name__ == "__main__":
     last_log_step, last_return = 0, float("nan")
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
     for global_step in range(args.total_timesteps):
-        # ALGO LOGIC: put action logic here (np.array(...) is the one host sync per step)
+        # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
         if random.random() < epsilon:
             actions = envs.action_space.sample()
         else:
-            actions = np.array(act(mx.array(obs, dtype=mx.float32)))
+            actions = np.array(act(mx.array(obs, dtype=mx.float32)))  # the one host sync per step
         t1 = time.perf_counter()
 
         # TRY NOT TO MODIFY: execute the game and log data.
@@ -394,8 +422,8 @@ if __name__ == "__main__":
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
                 for _ in range(args.gradient_steps):
-                    data = rb.sample(args.batch_size)  # one mx.array per field
-                    loss, q_values = train_step(*(mx.array(x) for x in data))
+                    data = rb.sample(args.batch_size)
+                    loss, q_values = train(*(mx.array(x) for x in data))
                     mx.eval(loss, q_values, q_network.state, optimizer.state)  # one sync per gradient step
                 update_time += time.perf_counter() - t0
 
@@ -433,8 +461,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Model,
+            device=mx.default_device(),
             epsilon=args.end_e,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,8 +1,7 @@
-"""C51 (categorical DQN) for discrete actions (classic control) in PyTorch: the reference twin of
-cleanrl_mlx/c51_mlx.py.
+"""C51 for discrete actions (classic control) in PyTorch: the reference twin of cleanrl_mlx/c51_mlx.py.
 
-Eager PyTorch as CleanRL's c51.py (https://docs.cleanrl.dev/rl-algorithms/c51/#c51py) writes it: same
-defaults, same categorical projection and loss, same logged tags as the MLX script.
+Mirrors CleanRL's c51.py (https://docs.cleanrl.dev/rl-algorithms/c51/#c51py): C51 (categorical DQN,
+Bellemare et al. 2017) with the same defaults, categorical projection, loss and logged tags.
 
 Usage: python cleanrl_torch_reference/c51_torch.py --env-id CartPole-v1
 """
@@ -86,21 +85,45 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "buffer_size", "batch_size", "train_frequency", "target_network_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "n_atoms": (args.n_atoms >= 2, "at least 2"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
+        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "train_frequency": (args.train_frequency > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if args.num_envs != 1:
         raise SystemExit(
             f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
         )
-    if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
+    if args.learning_starts >= args.total_timesteps:
         raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
         )
-    if args.n_atoms < 2 or args.v_min >= args.v_max:
-        raise SystemExit(f"{script}: need --n-atoms >= 2 and --v-min < --v-max, got {args.n_atoms}, [{args.v_min}, {args.v_max}]")
+    if args.v_min >= args.v_max:
+        raise SystemExit(f"{script}: need --v-min < --v-max, got [{args.v_min}, {args.v_max}]")
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -194,10 +217,10 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
     b = (tz - v_min) / delta_z
     l = b.floor().clamp(0, n_atoms - 1)  # noqa: E741 (CleanRL's names: lower and upper neighbour)
     u = b.ceil().clamp(0, n_atoms - 1)
-    # (l == u).float() handles the case where b is exactly an integer: all the mass goes to l
+    # (l == u) handles the case where b is exactly an integer: all the mass goes to l
     d_m_l = (u + (l == u).float() - b) * next_pmfs
     d_m_u = (b - l) * next_pmfs
-    # one index_add_ over the flattened batch for both neighbours (repeated indices accumulate)
+    # one scatter-add over the flattened batch for both neighbours (repeated indices accumulate)
     offset = n_atoms * torch.arange(next_pmfs.shape[0], device=next_pmfs.device)[:, None]
     index = torch.cat([(l.long() + offset).view(-1), (u.long() + offset).view(-1)])
     target_pmfs = torch.zeros(next_pmfs.numel(), device=next_pmfs.device)
@@ -207,14 +230,49 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
 
 def c51_loss(q_network, obs, actions, target_pmfs):
     """Cross-entropy between the projected target and the predicted distribution of Q(s, a).
-    Returns (loss, pmfs of Q(s, a))."""
+    Returns (loss, pmfs of Q(s, a)); only `loss` is differentiated."""
     _, old_pmfs = q_network.get_action(obs, actions)
     loss = (-(target_pmfs * old_pmfs.clamp(min=1e-5, max=1 - 1e-5).log()).sum(-1)).mean()
     return loss, old_pmfs
 
 
+def make_optimizer(q_network, args):
+    """Adam as CleanRL's c51.py builds it: its learning rate, eps 0.01 / batch_size, bias-corrected steps."""
+    return optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=0.01 / args.batch_size)
+
+
+def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, dones, *, gamma, v_min, v_max):
+    """One gradient step on a replay batch. Returns (cross-entropy loss, mean Q(s, a)) for logging."""
+    with torch.no_grad():
+        _, next_pmfs = target_network.get_action(next_obs)
+    target_pmfs = categorical_projection(next_pmfs, rewards, dones, target_network.atoms, gamma, v_min, v_max)
+    loss, old_pmfs = c51_loss(q_network, obs, actions, target_pmfs)
+
+    # optimize the model
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss, (old_pmfs * q_network.atoms).sum(1).mean()
+
+
+@torch.no_grad()
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    for target_param, param in zip(target.parameters(), online.parameters()):
+        target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
+
+
 def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    epsilon=0.05,
+    capture_video=True,
+    seed=1,
 ):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's c51_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
@@ -223,7 +281,8 @@ def evaluate(
     model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)).to(device)
     model.load_state_dict(load_file(model_path, device=str(device)))
     model.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
+    envs.action_space.seed(seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         if random.random() < epsilon:
@@ -247,16 +306,11 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -289,9 +343,12 @@ if __name__ == "__main__":
     obs_dim, n_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
     Model = partial(QNetwork, n_atoms=args.n_atoms, v_min=args.v_min, v_max=args.v_max)
     q_network = Model(obs_dim, n_actions).to(device)
-    optimizer = optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=0.01 / args.batch_size)
+    optimizer = make_optimizer(q_network, args)
     target_network = Model(obs_dim, n_actions).to(device)
     target_network.load_state_dict(q_network.state_dict())
+    train = partial(train_step, q_network, target_network, optimizer, gamma=args.gamma, v_min=args.v_min, v_max=args.v_max)
+    # CleanRL's C51 copies the online network into the target network outright (tau = 1)
+    update_target = partial(polyak_update, q_network, target_network, 1.0)
 
     rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape)
 
@@ -336,19 +393,8 @@ if __name__ == "__main__":
         if global_step > args.learning_starts:
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
-                data = [torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)]
-                b_obs, b_actions, b_rewards, b_next_obs, b_dones = data
-                with torch.no_grad():
-                    _, next_pmfs = target_network.get_action(b_next_obs)
-                target_pmfs = categorical_projection(
-                    next_pmfs, b_rewards, b_dones, target_network.atoms, args.gamma, args.v_min, args.v_max
-                )
-                loss, old_pmfs = c51_loss(q_network, b_obs, b_actions, target_pmfs)
-
-                # optimize the model
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                data = rb.sample(args.batch_size)
+                loss, q_values = train(*(torch.as_tensor(x, device=device) for x in data))
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the update is only done when the device is
                 update_time += time.perf_counter() - t0
@@ -357,8 +403,7 @@ if __name__ == "__main__":
                     steps_since_log, last_log_step = global_step - last_log_step, global_step
                     sps = int(global_step / (time.time() - start_time))
                     writer.add_scalar("losses/loss", loss.item(), global_step)
-                    old_val = (old_pmfs * q_network.atoms).sum(1)
-                    writer.add_scalar("losses/q_values", old_val.mean().item(), global_step)
+                    writer.add_scalar("losses/q_values", q_values.item(), global_step)
                     writer.add_scalar("charts/SPS", sps, global_step)
                     writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
                     writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
@@ -372,7 +417,7 @@ if __name__ == "__main__":
             # update target network
             if global_step % args.target_network_frequency == 0:
                 t0 = time.perf_counter()
-                target_network.load_state_dict(q_network.state_dict())
+                update_target()
                 update_time += time.perf_counter() - t0
 
     progress.close()
@@ -390,6 +435,7 @@ if __name__ == "__main__":
             device=device,
             epsilon=args.end_e,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,10 +1,11 @@
-"""QR-DQN (quantile regression DQN) for discrete actions (classic control) in PyTorch: the reference
-twin of cleanrl_mlx/qrdqn_mlx.py.
+"""QR-DQN for discrete actions (classic control) in PyTorch: the reference twin of cleanrl_mlx/qrdqn_mlx.py.
 
-Eager PyTorch in the shape of CleanRL's dqn.py; the algorithm is QR-DQN as sb3-contrib defines it, with
-rl-zoo's tuned CartPole-v1 hyperparameters as defaults: same loss, targets and logged tags as the MLX script.
-Exploration follows CleanRL's linear epsilon schedule from the first step (sb3 instead acts uniformly
-at random until learning_starts; with these defaults epsilon is still above 0.88 there).
+Written in the shape of CleanRL's dqn.py; the algorithm is QR-DQN (quantile regression DQN, Dabney et
+al. 2018) as sb3-contrib defines it (quantile midpoints, quantile Huber loss with kappa = 1, greedy
+target action from the mean of the target network's quantiles) with rl-zoo's tuned CartPole-v1
+hyperparameters as defaults. Exploration follows CleanRL's linear epsilon schedule from the first step
+(sb3 instead acts uniformly at random until learning_starts; with these defaults epsilon is still above
+0.88 there).
 
 Usage: python cleanrl_torch_reference/qrdqn_torch.py --env-id CartPole-v1
 """
@@ -90,27 +91,46 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in (
-        "total_timesteps",
-        "buffer_size",
-        "batch_size",
-        "train_frequency",
-        "gradient_steps",
-        "target_network_frequency",
-        "n_quantiles",
-    ):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    limits = {  # field: (valid?, what it must be)
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "n_quantiles": (args.n_quantiles > 0, "positive"),
+        "net_arch": (all(size > 0 for size in args.net_arch), "positive"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
+        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "train_frequency": (args.train_frequency > 0, "positive"),
+        "gradient_steps": (args.gradient_steps > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if args.num_envs != 1:
         raise SystemExit(
             f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
         )
-    if args.learning_starts < 0 or args.learning_starts >= args.total_timesteps:
+    if args.learning_starts >= args.total_timesteps:
         raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be in [0, total_timesteps = {args.total_timesteps})"
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
         )
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -218,21 +238,49 @@ def quantile_huber_loss(current_quantiles, target_quantiles):
 
 
 def qrdqn_loss(q_network, obs, actions, target_quantiles):
-    """Quantile Huber loss of the quantiles of Q(s, a). Returns (loss, quantiles of Q(s, a))."""
+    """Quantile Huber loss of the quantiles of Q(s, a). Returns (loss, quantiles of Q(s, a)); only
+    `loss` is differentiated."""
     quantiles = q_network(obs)
     current_quantiles = quantiles.gather(2, actions[:, None, None].expand(-1, quantiles.shape[1], 1)).squeeze(2)
     return quantile_huber_loss(current_quantiles, target_quantiles), current_quantiles
 
 
+def make_optimizer(q_network, args):
+    """Adam with sb3-contrib's settings for QR-DQN: the learning rate, eps 0.01 / batch_size (as in the
+    paper), bias-corrected steps."""
+    return optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=0.01 / args.batch_size)
+
+
+def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, dones, *, gamma):
+    """One gradient step on a replay batch. Returns (quantile Huber loss, mean quantile of Q(s, a)) for logging."""
+    target_quantiles = qrdqn_target(target_network, next_obs, rewards, dones, gamma)
+    loss, current_quantiles = qrdqn_loss(q_network, obs, actions, target_quantiles)
+
+    # optimize the model
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss, current_quantiles.mean()
+
+
 @torch.no_grad()
-def polyak_update(online_network, target_network, tau):
-    """target <- tau * online + (1 - tau) * target, in place (tau = 1 is a hard copy)."""
-    for target_network_param, q_network_param in zip(target_network.parameters(), online_network.parameters()):
-        target_network_param.data.copy_(tau * q_network_param.data + (1.0 - tau) * target_network_param.data)
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    for target_param, param in zip(target.parameters(), online.parameters()):
+        target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
 
 
 def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), epsilon=0.05, capture_video=True
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    epsilon=0.05,
+    capture_video=True,
+    seed=1,
 ):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
@@ -241,7 +289,8 @@ def evaluate(
     model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)).to(device)
     model.load_state_dict(load_file(model_path, device=str(device)))
     model.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
+    envs.action_space.seed(seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         if random.random() < epsilon:
@@ -264,16 +313,11 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only discrete action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -306,10 +350,11 @@ if __name__ == "__main__":
     obs_dim, n_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
     Model = partial(QNetwork, n_quantiles=args.n_quantiles, net_arch=args.net_arch)
     q_network = Model(obs_dim, n_actions).to(device)
-    # sb3-contrib's eps for QR-DQN (0.01 / batch_size, as in the paper)
-    optimizer = optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=0.01 / args.batch_size)
+    optimizer = make_optimizer(q_network, args)
     target_network = Model(obs_dim, n_actions).to(device)
     target_network.load_state_dict(q_network.state_dict())
+    train = partial(train_step, q_network, target_network, optimizer, gamma=args.gamma)
+    update_target = partial(polyak_update, q_network, target_network, args.tau)
 
     rb = ReplayBuffer(args.buffer_size, envs.single_observation_space.shape)
 
@@ -354,15 +399,8 @@ if __name__ == "__main__":
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
                 for _ in range(args.gradient_steps):
-                    data = [torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)]
-                    b_obs, b_actions, b_rewards, b_next_obs, b_dones = data
-                    target_quantiles = qrdqn_target(target_network, b_next_obs, b_rewards, b_dones, args.gamma)
-                    loss, current_quantiles = qrdqn_loss(q_network, b_obs, b_actions, target_quantiles)
-
-                    # optimize the model
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+                    data = rb.sample(args.batch_size)
+                    loss, q_values = train(*(torch.as_tensor(x, device=device) for x in data))
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the update is only done when the device is
                 update_time += time.perf_counter() - t0
@@ -371,7 +409,7 @@ if __name__ == "__main__":
                 steps_since_log, last_log_step = global_step - last_log_step, global_step
                 sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("losses/loss", loss.item(), global_step)
-                writer.add_scalar("losses/q_values", current_quantiles.mean().item(), global_step)
+                writer.add_scalar("losses/q_values", q_values.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
                 writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
@@ -385,7 +423,7 @@ if __name__ == "__main__":
             # update target network
             if global_step % args.target_network_frequency == 0:
                 t0 = time.perf_counter()
-                polyak_update(q_network, target_network, args.tau)
+                update_target()
                 update_time += time.perf_counter() - t0
 
     progress.close()
@@ -403,6 +441,7 @@ if __name__ == "__main__":
             device=device,
             epsilon=args.end_e,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

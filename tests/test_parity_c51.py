@@ -1,5 +1,9 @@
 """c51_mlx vs c51_torch: same weights and replay batch give the same pmfs, categorical projection,
-loss, gradients and Adam steps; the projection also equals a plain per-atom loop."""
+loss and gradients; the projection also equals a plain per-atom loop. The scripts' own update
+(train_step with their optimizers, then the target update) leaves the same weights in both twins, and
+matches Adam's and Polyak's formulas."""
+
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -8,7 +12,18 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_adam_steps_match, assert_close, cross_load, load_script, replay_batch, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_polyak,
+    assert_same_weights,
+    cross_load,
+    load_script,
+    mlx_params,
+    replay_batch,
+    torch_params,
+    torch_params_to_mlx,
+)
 
 C_MLX = load_script("c51", "mlx")
 C_TORCH = load_script("c51", "torch")
@@ -119,24 +134,45 @@ def test_loss_and_gradients(twins):
         assert_close(m_grads[name], p.grad, what=f"grad {name}")
 
 
-def test_adam_steps_match(twins):
-    """CleanRL's c51.py uses Adam with eps = 0.01 / batch_size."""
+def weights(params):
+    """The trained parameters (the fixed `atoms` left out)."""
+    return {k: v for k, v in params.items() if k != "atoms"}
+
+
+def test_full_update_matches_twin_and_formulas(twins):
+    """Three train_steps as each script runs them (MLX compiled, the scripts' own optimizers and default
+    Args), then the target update (the loop copies outright, tau = 1; here tau = 0.3 so the formula can
+    fail): same weights and stats in both twins. The first step is Adam's (lr 2.5e-4, eps 0.01 / 128) by
+    formula; the target update is Polyak's and leaves `atoms` alone."""
     t_q, t_target, m_q, m_target = twins
+    args = C_MLX.Args()
+    assert args.batch_size == B
+    t_opt, m_opt = C_TORCH.make_optimizer(t_q, C_TORCH.Args()), C_MLX.make_optimizer(m_q, args)
+    hyper = dict(gamma=args.gamma, v_min=V_MIN, v_max=V_MAX)  # the fixture's atoms
+    t_train = partial(C_TORCH.train_step, t_q, t_target, t_opt, **hyper)
+    state = [m_q.state, m_target.state, m_opt.state]
+    m_train = mx.compile(partial(C_MLX.train_step, m_q, m_target, m_opt, **hyper), inputs=state, outputs=state)
+    for i in range(3):
+        batch = batch_with_edges(10 + i)
+        before = torch_params(t_q)
+        t_stats = t_train(*(torch.as_tensor(x) for x in batch))
+        m_stats = m_train(*(mx.array(x) for x in batch))
+        for m, t, what in zip(m_stats, t_stats, ("loss", "mean Q(s, a)")):
+            assert_close(m, t, what=f"{what} at step {i}")
+        if i == 0:
+            grads = {name: p.grad.numpy().copy() for name, p in t_q.named_parameters()}
+            assert_first_adam_step(before, torch_params(t_q), grads, lr=2.5e-4, eps=0.01 / 128)
+    assert_same_weights(m_q, t_q, atol=1e-5, what="online")
+    assert_same_weights(m_target, t_target, atol=0, what="target (untouched by train_step)")
 
-    def t_loss(batch):
-        obs, act, rew, nxt, done = (torch.as_tensor(x) for x in batch)
-        _, next_pmfs = t_target.get_action(nxt)
-        proj = C_TORCH.categorical_projection(next_pmfs.detach(), rew, done, t_target.atoms, GAMMA, V_MIN, V_MAX)
-        return C_TORCH.c51_loss(t_q, obs, act, proj)[0]
-
-    def m_loss(batch):
-        obs, act, rew, nxt, done = (mx.array(x) for x in batch)
-        _, next_pmfs = m_target.get_action(nxt)
-        proj = C_MLX.categorical_projection(next_pmfs, rew, done, m_target.atoms, GAMMA, V_MIN, V_MAX)
-        return C_MLX.c51_loss(m_q, obs, act, proj)[0]
-
-    batches = [batch_with_edges(10 + i) for i in range(3)]
-    assert_adam_steps_match(t_q, m_q, t_loss, m_loss, batches, lr=2.5e-4, eps=0.01 / B)
+    tau = 0.3
+    t_online, t_before, m_online, m_before = torch_params(t_q), torch_params(t_target), mlx_params(m_q), mlx_params(m_target)
+    C_TORCH.polyak_update(t_q, t_target, tau)
+    mx.compile(partial(C_MLX.polyak_update, m_q, m_target, tau), inputs=state, outputs=state)()
+    assert_polyak(weights(t_online), weights(t_before), torch_params(t_target), tau)
+    assert_polyak(weights(m_online), weights(m_before), mlx_params(m_target), tau)
+    assert_same_weights(m_target, t_target, atol=1e-5, what="target")
+    np.testing.assert_allclose(np.array(m_target.atoms), np.linspace(V_MIN, V_MAX, N_ATOMS), atol=1e-6)
 
 
 def test_weights_load_across_frameworks(twins, tmp_path):

@@ -1,6 +1,10 @@
-"""dqn_mlx vs dqn_torch: same weights and replay batch give the same Q-values, TD targets, loss,
-gradients, Adam steps and soft target update. Also the replay buffer both twins use: true final
-observation on truncation, terminations (not truncations) as dones, vectorised sampling."""
+"""dqn_mlx vs dqn_torch: same weights and replay batch give the same Q-values, TD targets, loss and
+gradients; the scripts' own update (train_step with their optimizers, then the target update) leaves
+the same weights in both twins, and matches Adam's and Polyak's formulas. Also the replay buffer both
+twins use: true final observation on truncation, terminations (not truncations) as dones, vectorised
+sampling."""
+
+from functools import partial
 
 import gymnasium as gym
 import mlx.core as mx
@@ -10,7 +14,18 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_adam_steps_match, assert_close, cross_load, load_script, replay_batch, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_polyak,
+    assert_same_weights,
+    cross_load,
+    load_script,
+    mlx_params,
+    replay_batch,
+    torch_params,
+    torch_params_to_mlx,
+)
 
 D_MLX = load_script("dqn", "mlx")
 D_TORCH = load_script("dqn", "torch")
@@ -67,33 +82,36 @@ def test_td_target_loss_and_gradients(twins):
         assert_close(m_grads[name], p.grad, what=f"grad {name}")
 
 
-def test_adam_steps_match(twins):
-    """CleanRL's dqn.py uses torch's Adam with its default eps (1e-8)."""
+def test_full_update_matches_twin_and_formulas(twins):
+    """Three train_steps as each script runs them (MLX compiled, the scripts' own optimizers and default
+    Args), then the target update, which CleanRL runs on its own schedule: same weights and stats in
+    both twins. The first step is Adam's (lr 2.5e-4, eps 1e-8) by formula; the target update is Polyak's."""
     t_q, t_target, m_q, m_target = twins
+    args = D_MLX.Args()
+    t_opt, m_opt = D_TORCH.make_optimizer(t_q, D_TORCH.Args()), D_MLX.make_optimizer(m_q, args)
+    t_train = partial(D_TORCH.train_step, t_q, t_target, t_opt, gamma=args.gamma)
+    state = [m_q.state, m_target.state, m_opt.state]
+    m_train = mx.compile(partial(D_MLX.train_step, m_q, m_target, m_opt, gamma=args.gamma), inputs=state, outputs=state)
+    for i in range(3):
+        batch = replay_batch(10 + i, B, OBS_DIM, N_ACTIONS)
+        before = torch_params(t_q)
+        t_stats = t_train(*as_torch(batch))
+        m_stats = m_train(*as_mlx(batch))
+        for m, t, what in zip(m_stats, t_stats, ("loss", "mean Q(s, a)")):
+            assert_close(m, t, what=f"{what} at step {i}")
+        if i == 0:
+            grads = {name: p.grad.numpy().copy() for name, p in t_q.named_parameters()}
+            assert_first_adam_step(before, torch_params(t_q), grads, lr=2.5e-4, eps=1e-8)
+    assert_same_weights(m_q, t_q, atol=1e-5, what="online")
+    assert_same_weights(m_target, t_target, atol=0, what="target (untouched by train_step)")
 
-    def t_loss(batch):
-        obs, act, rew, nxt, done = as_torch(batch)
-        return D_TORCH.dqn_loss(t_q, obs, act, D_TORCH.td_target(t_target, nxt, rew, done, GAMMA))[0]
-
-    def m_loss(batch):
-        obs, act, rew, nxt, done = as_mlx(batch)
-        return D_MLX.dqn_loss(m_q, obs, act, D_MLX.td_target(m_target, nxt, rew, done, GAMMA))[0]
-
-    batches = [replay_batch(10 + i, B, OBS_DIM, N_ACTIONS) for i in range(3)]
-    assert_adam_steps_match(t_q, m_q, t_loss, m_loss, batches, lr=2.5e-4, eps=1e-8)
-
-
-@pytest.mark.parametrize("tau", [1.0, 0.3])
-def test_polyak_update(twins, tau):
-    t_q, t_target, m_q, m_target = twins
+    tau = 0.3
+    t_online, t_before, m_online, m_before = torch_params(t_q), torch_params(t_target), mlx_params(m_q), mlx_params(m_target)
     D_TORCH.polyak_update(t_q, t_target, tau)
-    m_target.update(D_MLX.polyak_update(m_q.trainable_parameters(), m_target.trainable_parameters(), tau))
-    m_params = dict(tree_flatten(m_target.parameters()))
-    for name, p in t_target.named_parameters():
-        assert_close(m_params[name], p, atol=1e-7, what=f"target {name}")
-    if tau == 1.0:
-        for name, p in t_q.named_parameters():
-            assert_close(m_params[name], p, atol=0, rtol=0, what=f"hard copy {name}")
+    mx.compile(partial(D_MLX.polyak_update, m_q, m_target, tau), inputs=state, outputs=state)()
+    assert_polyak(t_online, t_before, torch_params(t_target), tau)
+    assert_polyak(m_online, m_before, mlx_params(m_target), tau)
+    assert_same_weights(m_target, t_target, atol=1e-5, what="target")
 
 
 def test_linear_schedule():

@@ -1,5 +1,9 @@
 """qrdqn_mlx vs qrdqn_torch: same weights and replay batch give the same quantiles, targets, quantile
-Huber loss, gradients and Adam steps; the loss also equals a plain double loop over quantile pairs."""
+Huber loss and gradients; the loss also equals a plain double loop over quantile pairs. The scripts' own
+update (train_step with their optimizers, then the target update) leaves the same weights in both
+twins, and matches Adam's and Polyak's formulas."""
+
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -8,7 +12,18 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_adam_steps_match, assert_close, cross_load, load_script, replay_batch, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_polyak,
+    assert_same_weights,
+    cross_load,
+    load_script,
+    mlx_params,
+    replay_batch,
+    torch_params,
+    torch_params_to_mlx,
+)
 
 Q_MLX = load_script("qrdqn", "mlx")
 Q_TORCH = load_script("qrdqn", "torch")
@@ -104,20 +119,38 @@ def test_loss_and_gradients(twins):
         assert_close(m_grads[name], p.grad, what=f"grad {name}")
 
 
-def test_adam_steps_match(twins):
-    """sb3-contrib's QR-DQN uses Adam with eps = 0.01 / batch_size."""
+def test_full_update_matches_twin_and_formulas(twins):
+    """Three train_steps as each script runs them (MLX compiled, the scripts' own optimizers and default
+    Args), then the target update, which runs on its own schedule: same weights and stats in both twins.
+    The first step is Adam's (sb3-contrib's lr 2.3e-3, eps 0.01 / 64) by formula; the target update is
+    Polyak's."""
     t_q, t_target, m_q, m_target = twins
+    args = Q_MLX.Args()
+    assert args.batch_size == B
+    t_opt, m_opt = Q_TORCH.make_optimizer(t_q, Q_TORCH.Args()), Q_MLX.make_optimizer(m_q, args)
+    t_train = partial(Q_TORCH.train_step, t_q, t_target, t_opt, gamma=args.gamma)
+    state = [m_q.state, m_target.state, m_opt.state]
+    m_train = mx.compile(partial(Q_MLX.train_step, m_q, m_target, m_opt, gamma=args.gamma), inputs=state, outputs=state)
+    for i in range(3):
+        batch = replay_batch(10 + i, B, OBS_DIM, N_ACTIONS)
+        before = torch_params(t_q)
+        t_stats = t_train(*(torch.as_tensor(x) for x in batch))
+        m_stats = m_train(*(mx.array(x) for x in batch))
+        for m, t, what in zip(m_stats, t_stats, ("loss", "mean quantile")):
+            assert_close(m, t, what=f"{what} at step {i}")
+        if i == 0:
+            grads = {name: p.grad.numpy().copy() for name, p in t_q.named_parameters()}
+            assert_first_adam_step(before, torch_params(t_q), grads, lr=2.3e-3, eps=0.01 / 64)
+    assert_same_weights(m_q, t_q, atol=1e-5, what="online")
+    assert_same_weights(m_target, t_target, atol=0, what="target (untouched by train_step)")
 
-    def t_loss(batch):
-        obs, act, rew, nxt, done = (torch.as_tensor(x) for x in batch)
-        return Q_TORCH.qrdqn_loss(t_q, obs, act, Q_TORCH.qrdqn_target(t_target, nxt, rew, done, GAMMA))[0]
-
-    def m_loss(batch):
-        obs, act, rew, nxt, done = (mx.array(x) for x in batch)
-        return Q_MLX.qrdqn_loss(m_q, obs, act, Q_MLX.qrdqn_target(m_target, nxt, rew, done, GAMMA))[0]
-
-    batches = [replay_batch(10 + i, B, OBS_DIM, N_ACTIONS) for i in range(3)]
-    assert_adam_steps_match(t_q, m_q, t_loss, m_loss, batches, lr=2.3e-3, eps=0.01 / B, atol=2e-6)
+    tau = 0.3
+    t_online, t_before, m_online, m_before = torch_params(t_q), torch_params(t_target), mlx_params(m_q), mlx_params(m_target)
+    Q_TORCH.polyak_update(t_q, t_target, tau)
+    mx.compile(partial(Q_MLX.polyak_update, m_q, m_target, tau), inputs=state, outputs=state)()
+    assert_polyak(t_online, t_before, torch_params(t_target), tau)
+    assert_polyak(m_online, m_before, mlx_params(m_target), tau)
+    assert_same_weights(m_target, t_target, atol=1e-5, what="target")
 
 
 def test_weights_load_across_frameworks(twins, tmp_path):
