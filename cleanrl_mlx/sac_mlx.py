@@ -1,7 +1,8 @@
-"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in MLX.
+"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in MLX; its PyTorch twin is
+cleanrl_torch_reference/sac_torch.py.
 
 Mirrors CleanRL's sac_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy):
-same defaults, same updates, same logged tags. PyTorch twin: cleanrl_torch_reference/sac_torch.py.
+same defaults, same updates, same logged tags.
 
 Usage: python cleanrl_mlx/sac_mlx.py --env-id Hopper-v5
 """
@@ -100,13 +101,42 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
+    limits = {  # field: (valid?, what it must be)
+        "seed": (args.seed >= 0, "non-negative"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "num_envs": (args.num_envs > 0, "positive"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "policy_lr": (args.policy_lr > 0, "positive"),
+        "q_lr": (args.q_lr > 0, "positive"),
+        "policy_frequency": (args.policy_frequency > 0, "positive"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "alpha": (args.alpha > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
+    if args.learning_starts >= args.total_timesteps:
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
+        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency", "target_network_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_starts < 0:
-        raise SystemExit(f"{script}: --learning-starts must be non-negative, got {args.learning_starts}")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise SystemExit(f"{script}: only continuous (Box) action spaces are supported; {args.env_id} has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -177,10 +207,12 @@ class Actor(nn.Module):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)  # From SpinUp / Denis Yarats
         return mean, log_std
 
-    def get_action(self, x, eps):
-        """Sample with standard-normal noise `eps` (passed in, so tests can share it with torch)."""
+    def get_action(self, x, eps=None):
+        """Sample (reparameterised); `eps` is standard-normal noise, drawn here unless given (tests share it)."""
         mean, log_std = self(x)
-        return squashed_gaussian(mean, log_std, eps, self.action_scale, self.action_bias)
+        return squashed_gaussian(
+            mean, log_std, mx.random.normal(mean.shape) if eps is None else eps, self.action_scale, self.action_bias
+        )
 
 
 def squashed_gaussian(mean, log_std, eps, action_scale, action_bias):
@@ -221,23 +253,95 @@ def alpha_loss_fn(log_alpha, log_pi, target_entropy):
     return (-mx.exp(log_alpha) * (log_pi + target_entropy)).mean()
 
 
-def polyak(target_params, params, tau):
-    return tree_map(lambda t, p: tau * p + (1 - tau) * t, target_params, params)
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    target.update(tree_map(lambda o, t: tau * o + (1 - tau) * t, online.trainable_parameters(), target.trainable_parameters()))
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True):
+def make_optimizers(actor, qf, log_alpha, args):
+    """Adam (eps 1e-8, bias-corrected) for the critics (q_lr), the actor (policy_lr) and log-alpha (q_lr)."""
+    q_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)
+    actor_optimizer = optim.Adam(learning_rate=args.policy_lr, bias_correction=True)
+    a_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)
+    q_optimizer.init(qf.trainable_parameters())  # the compiled step captures this state, so it must exist
+    actor_optimizer.init(actor.trainable_parameters())
+    a_optimizer.init(log_alpha)
+    return q_optimizer, actor_optimizer, a_optimizer
+
+
+def train_step(
+    actor,
+    qf,
+    qf_target,
+    log_alpha,
+    q_optimizer,
+    actor_optimizer,
+    a_optimizer,
+    obs,
+    actions,
+    next_obs,
+    rewards,
+    dones,
+    eps,
+    *,
+    update_actor,
+    update_target,
+    gamma,
+    tau,
+    policy_frequency,
+    autotune,
+    target_entropy,
+):
+    """One gradient step of CleanRL's loop body: the critics; if `update_actor` (every policy_frequency
+    steps), policy_frequency actor (and, with autotune, alpha) updates on the same batch; if `update_target`,
+    the polyak update. `eps` is standard-normal noise for every sample drawn, (1 + 2 * policy_frequency, B,
+    act_dim) with the actor step, else (1, B, act_dim): eps[0] for the target, eps[2i + 1] and eps[2i + 2]
+    for the i-th actor and alpha updates.
+    Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss, alpha_loss)."""
+    alpha = mx.exp(log_alpha["log_alpha"])
+    next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps[0])
+    (qf_loss, q_stats), grads = nn.value_and_grad(qf, partial(critic_loss, qf))(obs, actions, next_q_value)
+    q_optimizer.update(qf, grads)
+    actor_loss = alpha_loss = mx.zeros(())
+    if update_actor:
+        for i in range(policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
+            actor_loss, grads = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))(obs, alpha, eps[2 * i + 1])
+            actor_optimizer.update(actor, grads)
+            if autotune:
+                _, log_pi, _ = actor.get_action(obs, eps[2 * i + 2])
+                alpha_loss, grad = mx.value_and_grad(alpha_loss_fn)(log_alpha["log_alpha"], log_pi, target_entropy)
+                log_alpha.update(a_optimizer.apply_gradients({"log_alpha": grad}, log_alpha))
+                alpha = mx.exp(log_alpha["log_alpha"])
+    # update the target networks
+    if update_target:
+        polyak_update(qf, qf_target, tau)
+    return (qf_loss,) + q_stats + (actor_loss, alpha_loss)
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=mx.cpu,
+    capture_video=True,
+    seed=1,
+):
     """Roll out the saved actor's deterministic (mean) action for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     space = envs.single_action_space
+    mx.set_default_device(device)
     actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high)
     weights = mx.load(model_path)
     actor.load_weights([(k[len("actor.") :], v) for k, v in weights.items() if k.startswith("actor.")])
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
-        _, _, actions = actor.get_action(mx.array(obs, dtype=mx.float32), mx.zeros((obs.shape[0], actor.fc_mean.weight.shape[0])))
+        _, _, actions = actor.get_action(mx.array(obs, dtype=mx.float32))
         obs, _, _, _, infos = envs.step(np.array(actions))
         if "final_info" in infos:
             for i in np.flatnonzero(infos["final_info"]["_episode"]):
@@ -253,22 +357,18 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only continuous (Box) action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
         print("sac_mlx: MLX has no GPU backend here, running on cpu")
         args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
     print(f"sac_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -300,55 +400,25 @@ if __name__ == "__main__":
     qf = SoftQNetwork(obs_dim, act_dim)  # qf1 and qf2, stacked
     qf_target = SoftQNetwork(obs_dim, act_dim)
     qf_target.update(qf.parameters())
-    q_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)  # torch's Adam
-    actor_optimizer = optim.Adam(learning_rate=args.policy_lr, bias_correction=True)
-    q_optimizer.init(qf.trainable_parameters())  # the compiled step captures this state, so it must exist
-    actor_optimizer.init(actor.trainable_parameters())
 
-    # Automatic entropy tuning
-    alpha_state = {"log_alpha": mx.zeros((1,))}
-    a_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)
-    a_optimizer.init(alpha_state)
+    # Automatic entropy tuning (log-alpha stays log(args.alpha) without it)
     target_entropy = -float(act_dim)
-
-    def current_alpha():
-        return mx.exp(alpha_state["log_alpha"]) if args.autotune else args.alpha
+    log_alpha = {"log_alpha": mx.array([0.0 if args.autotune else math.log(args.alpha)])}  # a dict the compiled step updates
+    q_optimizer, actor_optimizer, a_optimizer = make_optimizers(actor, qf, log_alpha, args)
 
     # ALGO LOGIC: compiled hot paths, capturing the live module, optimizer and random state (no copies)
     @partial(mx.compile, inputs=[actor.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
-        action, _, _ = actor.get_action(x, mx.random.normal((x.shape[0], act_dim)))
-        return action
+        return actor.get_action(x)[0]
 
-    critic_loss_and_grad = nn.value_and_grad(qf, partial(critic_loss, qf))
-    actor_loss_and_grad = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))
-    alpha_loss_and_grad = mx.value_and_grad(alpha_loss_fn)
-    state = [actor.state, qf.state, qf_target.state, alpha_state]
-    state += [q_optimizer.state, actor_optimizer.state, a_optimizer.state, mx.random.state]
-
-    def train_step(obs, actions, next_obs, rewards, dones, update_actor, update_target):
-        """One gradient step of CleanRL's loop body: critics; every policy_frequency steps,
-        policy_frequency actor (and alpha) updates on the same batch; the polyak update."""
-        eps = mx.random.normal((obs.shape[0], act_dim))
-        next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, current_alpha(), args.gamma, eps)
-        (qf_loss, q_stats), grads = critic_loss_and_grad(obs, actions, next_q_value)
-        q_optimizer.update(qf, grads)
-        actor_loss = alpha_loss = mx.zeros(())
-        if update_actor:
-            for _ in range(args.policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
-                actor_loss, grads = actor_loss_and_grad(obs, current_alpha(), mx.random.normal((obs.shape[0], act_dim)))
-                actor_optimizer.update(actor, grads)
-                if args.autotune:
-                    _, log_pi, _ = actor.get_action(obs, mx.random.normal((obs.shape[0], act_dim)))
-                    alpha_loss, grad = alpha_loss_and_grad(alpha_state["log_alpha"], mx.stop_gradient(log_pi), target_entropy)
-                    alpha_state.update(a_optimizer.apply_gradients({"log_alpha": grad}, alpha_state))
-        if update_target:
-            qf_target.update(polyak(qf_target.parameters(), qf.parameters(), args.tau))
-        return (qf_loss,) + q_stats + (actor_loss, alpha_loss)
-
+    state = [actor.state, qf.state, qf_target.state, log_alpha, q_optimizer.state, actor_optimizer.state, a_optimizer.state]
+    hyperparameters = dict(gamma=args.gamma, tau=args.tau, policy_frequency=args.policy_frequency, autotune=args.autotune)
+    step = partial(train_step, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, a_optimizer, **hyperparameters)
     # one compiled graph per (actor update?, target update?) combination, each built on first use
-    train_steps = {
-        (a, t): mx.compile(partial(train_step, update_actor=a, update_target=t), inputs=state, outputs=state)
+    train = {
+        (a, t): mx.compile(
+            partial(step, update_actor=a, update_target=t, target_entropy=target_entropy), inputs=state, outputs=state
+        )
         for a in (False, True)
         for t in (False, True)
     }
@@ -367,9 +437,7 @@ if __name__ == "__main__":
     envs.action_space.seed(args.seed)
     env_time = inference_time = update_time = 0.0  # seconds since the last log
     last_log_step, last_return = 0, float("nan")
-    actor_stats = (
-        mx.array(float("nan")),
-    ) * 2  # (actor_loss, alpha_loss): logged before the first actor update (policy_frequency > 100)
+    actor_loss = alpha_loss = mx.array(float("nan"))  # logged before the first actor update (policy_frequency > 100)
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
     for global_step in range(args.total_timesteps):
         # ALGO LOGIC: put action logic here
@@ -415,18 +483,14 @@ if __name__ == "__main__":
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
             b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
+            data = [mx.array(a[b]) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
             update_actor = global_step % args.policy_frequency == 0  # TD 3 Delayed update support
             update_target = global_step % args.target_network_frequency == 0
-            stats = train_steps[update_actor, update_target](
-                mx.array(rb_obs[b]),
-                mx.array(rb_actions[b]),
-                mx.array(rb_next_obs[b]),
-                mx.array(rb_rewards[b]),
-                mx.array(rb_dones[b]),
-            )
+            eps = mx.random.normal((1 + 2 * args.policy_frequency * update_actor, args.batch_size, act_dim))
+            stats = train[update_actor, update_target](*data, eps)
             mx.eval(stats, state)  # one sync per gradient step
             if update_actor:
-                actor_stats = stats[5:]  # as in CleanRL, the logged actor loss is the latest one computed
+                actor_loss, alpha_loss = stats[5:]  # as in CleanRL, the logged actor loss is the latest one computed
             update_time += time.perf_counter() - t2
 
             if global_step % 100 == 0:
@@ -438,12 +502,10 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss, global_step)
                 writer.add_scalar("losses/qf_loss", qf_loss / 2.0, global_step)
-                writer.add_scalar("losses/actor_loss", actor_stats[0].item(), global_step)
-                writer.add_scalar(
-                    "losses/alpha", mx.exp(alpha_state["log_alpha"]).item() if args.autotune else args.alpha, global_step
-                )
+                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                writer.add_scalar("losses/alpha", mx.exp(log_alpha["log_alpha"]).item(), global_step)
                 if args.autotune:
-                    writer.add_scalar("losses/alpha_loss", actor_stats[1].item(), global_step)
+                    writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
                 writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
@@ -464,7 +526,15 @@ if __name__ == "__main__":
         mx.save_safetensors(model_path, weights)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", Actor, capture_video=args.capture_video
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            Actor,
+            device=device,
+            capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,7 +1,8 @@
-"""TD3 (Twin Delayed DDPG) for continuous actions (MuJoCo, classic control) in MLX.
+"""TD3 (Twin Delayed DDPG) for continuous actions (MuJoCo, classic control) in MLX; its PyTorch twin is
+cleanrl_torch_reference/td3_torch.py.
 
 Mirrors CleanRL's td3_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/td3/#td3_continuous_actionpy):
-same defaults, same updates, same logged tags. PyTorch twin: cleanrl_torch_reference/td3_torch.py.
+same defaults, same updates, same logged tags.
 
 Usage: python cleanrl_mlx/td3_mlx.py --env-id Hopper-v5
 """
@@ -98,13 +99,42 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
+    limits = {  # field: (valid?, what it must be)
+        "seed": (args.seed >= 0, "non-negative"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "num_envs": (args.num_envs > 0, "positive"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "policy_noise": (args.policy_noise >= 0, "non-negative"),
+        "exploration_noise": (args.exploration_noise >= 0, "non-negative"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "policy_frequency": (args.policy_frequency > 0, "positive"),
+        "noise_clip": (args.noise_clip > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
+    if args.learning_starts >= args.total_timesteps:
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
+        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_starts < 0:
-        raise SystemExit(f"{script}: --learning-starts must be non-negative, got {args.learning_starts}")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise SystemExit(f"{script}: only continuous (Box) action spaces are supported; {args.env_id} has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -179,7 +209,7 @@ class Actor(nn.Module):
 def td3_target(target_actor, qf_target, next_obs, rewards, dones, noise, policy_noise, noise_clip, low, high, gamma):
     """Target policy smoothing and clipped double Q: r + gamma * (1 - done) * min_i Q_i'(s', a'), with
     a' = clip(mu'(s') + clip(policy_noise * noise, +-noise_clip) * scale, low, high); `noise` is
-    standard normal (passed in, so tests can share it with torch). No gradient."""
+    standard normal (passed in, so tests can share it between the twins). No gradient."""
     clipped_noise = mx.clip(noise * policy_noise, -noise_clip, noise_clip) * target_actor.action_scale
     next_state_actions = mx.clip(target_actor(next_obs) + clipped_noise, low, high)
     min_qf_next_target = mx.min(qf_target(next_obs, next_state_actions), axis=0)
@@ -197,24 +227,87 @@ def actor_loss_fn(actor, qf, obs):
     return -qf.q1(obs, actor(obs)).mean()
 
 
-def polyak(target_params, params, tau):
-    return tree_map(lambda t, p: tau * p + (1 - tau) * t, target_params, params)
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    target.update(tree_map(lambda o, t: tau * o + (1 - tau) * t, online.trainable_parameters(), target.trainable_parameters()))
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, capture_video=True, exploration_noise=0.1):
+def make_optimizers(actor, qf, args):
+    """Adam (eps 1e-8, bias-corrected) for the critics and for the actor, at args.learning_rate."""
+    q_optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)
+    actor_optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)
+    q_optimizer.init(qf.trainable_parameters())  # the compiled step captures this state, so it must exist
+    actor_optimizer.init(actor.trainable_parameters())
+    return q_optimizer, actor_optimizer
+
+
+def train_step(
+    actor,
+    qf,
+    target_actor,
+    qf_target,
+    q_optimizer,
+    actor_optimizer,
+    obs,
+    actions,
+    next_obs,
+    rewards,
+    dones,
+    noise,
+    *,
+    update_actor,
+    policy_noise,
+    noise_clip,
+    low,
+    high,
+    gamma,
+    tau,
+):
+    """One gradient step of CleanRL's loop body: the critics; if `update_actor` (every policy_frequency
+    steps), the actor and then the polyak update of both target networks. `noise` is the standard-normal
+    target policy noise. Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss)."""
+    next_q_value = td3_target(
+        target_actor, qf_target, next_obs, rewards, dones, noise, policy_noise, noise_clip, low, high, gamma
+    )
+    (qf_loss, q_stats), grads = nn.value_and_grad(qf, partial(critic_loss, qf))(obs, actions, next_q_value)
+    q_optimizer.update(qf, grads)
+    actor_loss = mx.zeros(())
+    if update_actor:
+        actor_loss, grads = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))(obs)
+        actor_optimizer.update(actor, grads)
+        # update the target network
+        polyak_update(actor, target_actor, tau)
+        polyak_update(qf, qf_target, tau)
+    return (qf_loss,) + q_stats + (actor_loss,)
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=mx.cpu,
+    capture_video=True,
+    exploration_noise=0.1,
+    seed=1,
+):
     """Roll out the saved actor with its exploration noise (as CleanRL's td3_eval) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     space = envs.single_action_space
+    mx.set_default_device(device)
     actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high)
     weights = mx.load(model_path)
     actor.load_weights([(k[len("actor.") :], v) for k, v in weights.items() if k.startswith("actor.")])
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         actions = actor(mx.array(obs, dtype=mx.float32))
-        actions = actions + mx.random.normal(actions.shape) * actor.action_scale * exploration_noise
+        # as in CleanRL, one exploration-noise vector (one value per action dimension) for all envs
+        actions = actions + mx.random.normal(actor.action_scale.shape) * actor.action_scale * exploration_noise
         obs, _, _, _, infos = envs.step(np.array(actions).clip(space.low, space.high))
         if "final_info" in infos:
             for i in np.flatnonzero(infos["final_info"]["_episode"]):
@@ -230,22 +323,18 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only continuous (Box) action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     if args.device == "gpu" and not mx.is_available(mx.gpu):
         print("td3_mlx: MLX has no GPU backend here, running on cpu")
         args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
     print(f"td3_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -279,50 +368,23 @@ if __name__ == "__main__":
     qf_target = QNetwork(obs_dim, act_dim)
     target_actor.update(actor.parameters())
     qf_target.update(qf.parameters())
-    q_optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)  # torch's Adam
-    actor_optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)
-    q_optimizer.init(qf.trainable_parameters())  # the compiled step captures this state, so it must exist
-    actor_optimizer.init(actor.trainable_parameters())
+    q_optimizer, actor_optimizer = make_optimizers(actor, qf, args)
     low, high = float(envs.single_action_space.low[0]), float(envs.single_action_space.high[0])  # CleanRL clamps with [0]
 
     # ALGO LOGIC: compiled hot paths, capturing the live module, optimizer and random state (no copies)
     @partial(mx.compile, inputs=[actor.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
         actions = actor(x)
-        return actions + mx.random.normal(actions.shape) * actor.action_scale * args.exploration_noise
+        # as in CleanRL, one exploration-noise vector (one value per action dimension) for all envs
+        return actions + mx.random.normal(actor.action_scale.shape) * actor.action_scale * args.exploration_noise
 
-    critic_loss_and_grad = nn.value_and_grad(qf, partial(critic_loss, qf))
-    actor_loss_and_grad = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))
-    state = [
-        actor.state,
-        qf.state,
-        target_actor.state,
-        qf_target.state,
-        q_optimizer.state,
-        actor_optimizer.state,
-        mx.random.state,
-    ]
-
-    def train_step(obs, actions, next_obs, rewards, dones, update_actor):
-        """One gradient step of CleanRL's loop body: critics; every policy_frequency steps, the actor
-        and then the polyak update of all three target networks."""
-        noise = mx.random.normal(actions.shape)
-        next_q_value = td3_target(
-            target_actor, qf_target, next_obs, rewards, dones, noise, args.policy_noise, args.noise_clip, low, high, args.gamma
-        )
-        (qf_loss, q_stats), grads = critic_loss_and_grad(obs, actions, next_q_value)
-        q_optimizer.update(qf, grads)
-        actor_loss = mx.zeros(())
-        if update_actor:
-            actor_loss, grads = actor_loss_and_grad(obs)
-            actor_optimizer.update(actor, grads)
-            # update the target network
-            target_actor.update(polyak(target_actor.trainable_parameters(), actor.trainable_parameters(), args.tau))
-            qf_target.update(polyak(qf_target.parameters(), qf.parameters(), args.tau))
-        return (qf_loss,) + q_stats + (actor_loss,)
-
+    state = [actor.state, qf.state, target_actor.state, qf_target.state, q_optimizer.state, actor_optimizer.state]
+    hyperparameters = dict(
+        policy_noise=args.policy_noise, noise_clip=args.noise_clip, low=low, high=high, gamma=args.gamma, tau=args.tau
+    )
+    step = partial(train_step, actor, qf, target_actor, qf_target, q_optimizer, actor_optimizer, **hyperparameters)
     # one compiled graph with the delayed actor update and one without, each built on first use
-    train_steps = {a: mx.compile(partial(train_step, update_actor=a), inputs=state, outputs=state) for a in (False, True)}
+    train = {a: mx.compile(partial(step, update_actor=a), inputs=state, outputs=state) for a in (False, True)}
 
     # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
     rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
@@ -338,7 +400,7 @@ if __name__ == "__main__":
     envs.action_space.seed(args.seed)
     env_time = inference_time = update_time = 0.0  # seconds since the last log
     last_log_step, last_return = 0, float("nan")
-    actor_stats = (mx.array(float("nan")),)  # (actor_loss,): logged before the first actor update (policy_frequency > 100)
+    actor_loss = mx.array(float("nan"))  # logged before the first actor update (policy_frequency > 100)
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
     for global_step in range(args.total_timesteps):
         # ALGO LOGIC: put action logic here
@@ -385,17 +447,13 @@ if __name__ == "__main__":
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
             b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
+            data = [mx.array(a[b]) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
+            noise = mx.random.normal(data[1].shape)
             update_actor = global_step % args.policy_frequency == 0
-            stats = train_steps[update_actor](
-                mx.array(rb_obs[b]),
-                mx.array(rb_actions[b]),
-                mx.array(rb_next_obs[b]),
-                mx.array(rb_rewards[b]),
-                mx.array(rb_dones[b]),
-            )
+            stats = train[update_actor](*data, noise)
             mx.eval(stats, state)  # one sync per gradient step
             if update_actor:
-                actor_stats = stats[5:]  # as in CleanRL, the logged actor loss is the latest one computed
+                actor_loss = stats[5]  # as in CleanRL, the logged actor loss is the latest one computed
             update_time += time.perf_counter() - t2
 
             if global_step % 100 == 0:
@@ -407,7 +465,7 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss, global_step)
                 writer.add_scalar("losses/qf_loss", qf_loss / 2.0, global_step)
-                writer.add_scalar("losses/actor_loss", actor_stats[0].item(), global_step)
+                writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
                 writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
@@ -434,8 +492,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Actor,
+            device=device,
             capture_video=args.capture_video,
             exploration_noise=args.exploration_noise,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

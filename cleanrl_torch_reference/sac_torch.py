@@ -1,8 +1,8 @@
-"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in PyTorch: the reference twin
-of cleanrl_mlx/sac_mlx.py.
+"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in PyTorch (eager, as CleanRL writes
+it): the reference twin of cleanrl_mlx/sac_mlx.py.
 
-Eager PyTorch as CleanRL's sac_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy)
-writes it: same defaults, same updates, same logged tags as the MLX script.
+Mirrors CleanRL's sac_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy):
+same defaults, same updates, same logged tags.
 
 Usage: python cleanrl_torch_reference/sac_torch.py --env-id Hopper-v5
 """
@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import gymnasium as gym
@@ -83,13 +84,40 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
+    limits = {  # field: (valid?, what it must be)
+        "seed": (args.seed >= 0, "non-negative"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "num_envs": (args.num_envs > 0, "positive"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "policy_lr": (args.policy_lr > 0, "positive"),
+        "q_lr": (args.q_lr > 0, "positive"),
+        "policy_frequency": (args.policy_frequency > 0, "positive"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "alpha": (args.alpha > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.learning_starts >= args.total_timesteps:
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
+        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency", "target_network_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_starts < 0:
-        raise SystemExit(f"{script}: --learning-starts must be non-negative, got {args.learning_starts}")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise SystemExit(f"{script}: only continuous (Box) action spaces are supported; {args.env_id} has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -147,7 +175,7 @@ class Actor(nn.Module):
         self.fc2 = nn.Linear(256, 256)
         self.fc_mean = nn.Linear(256, act_dim)
         self.fc_logstd = nn.Linear(256, act_dim)
-        # action rescaling
+        # action rescaling: torch buffers, saved with the weights, never trained
         self.register_buffer("action_scale", torch.tensor((action_high - action_low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.tensor((action_high + action_low) / 2.0, dtype=torch.float32))
 
@@ -170,20 +198,18 @@ class Actor(nn.Module):
 def squashed_gaussian(mean, log_std, eps, action_scale, action_bias):
     """tanh-squashed Gaussian sample (reparameterised), its log-prob with the tanh/scale correction,
     and the deterministic (mean) action."""
-    std = log_std.exp()
-    normal = torch.distributions.Normal(mean, std)
-    x_t = mean + std * eps  # normal.rsample() with the given noise
+    x_t = mean + log_std.exp() * eps
     y_t = torch.tanh(x_t)
     action = y_t * action_scale + action_bias
-    log_prob = normal.log_prob(x_t)
+    log_prob = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(x_t)
     # Enforcing Action Bound
-    log_prob -= torch.log(action_scale * (1 - y_t.pow(2)) + 1e-6)
+    log_prob = log_prob - torch.log(action_scale * (1 - y_t**2) + 1e-6)
     log_prob = log_prob.sum(1, keepdim=True)
     return action, log_prob, torch.tanh(mean) * action_scale + action_bias
 
 
 @torch.no_grad()
-def soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps=None):
+def soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps):
     """r + gamma * (1 - done) * (min_i Q_i'(s', a') - alpha * log pi(a'|s')), a' ~ pi(s'); no gradient."""
     next_state_actions, next_state_log_pi, _ = actor.get_action(next_obs, eps)
     q_next = qf_target(next_obs, next_state_actions)
@@ -198,7 +224,7 @@ def critic_loss(qf, obs, actions, next_q_value):
     return losses.sum(), (losses[0], losses[1], q[0].mean(), q[1].mean())
 
 
-def actor_loss_fn(actor, qf, obs, alpha, eps=None):
+def actor_loss_fn(actor, qf, obs, alpha, eps):
     pi, log_pi, _ = actor.get_action(obs, eps)
     min_qf_pi = qf(obs, pi).min(0).values
     return (alpha * log_pi.squeeze(-1) - min_qf_pi).mean()
@@ -209,12 +235,87 @@ def alpha_loss_fn(log_alpha, log_pi, target_entropy):
 
 
 @torch.no_grad()
-def polyak(target, source, tau):
-    for param, target_param in zip(source.parameters(), target.parameters()):
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    for param, target_param in zip(online.parameters(), target.parameters()):
         target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True):
+def make_optimizers(actor, qf, log_alpha, args):
+    """Adam (eps 1e-8, bias-corrected) for the critics (q_lr), the actor (policy_lr) and log-alpha (q_lr)."""
+    q_optimizer = optim.Adam(list(qf.parameters()), lr=args.q_lr)
+    actor_optimizer = optim.Adam(list(actor.parameters()), lr=args.policy_lr)
+    a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
+    return q_optimizer, actor_optimizer, a_optimizer
+
+
+def train_step(
+    actor,
+    qf,
+    qf_target,
+    log_alpha,
+    q_optimizer,
+    actor_optimizer,
+    a_optimizer,
+    obs,
+    actions,
+    next_obs,
+    rewards,
+    dones,
+    eps,
+    *,
+    update_actor,
+    update_target,
+    gamma,
+    tau,
+    policy_frequency,
+    autotune,
+    target_entropy,
+):
+    """One gradient step of CleanRL's loop body: the critics; if `update_actor` (every policy_frequency
+    steps), policy_frequency actor (and, with autotune, alpha) updates on the same batch; if `update_target`,
+    the polyak update. `eps` is standard-normal noise for every sample drawn, (1 + 2 * policy_frequency, B,
+    act_dim) with the actor step, else (1, B, act_dim): eps[0] for the target, eps[2i + 1] and eps[2i + 2]
+    for the i-th actor and alpha updates.
+    Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss, alpha_loss)."""
+    alpha = log_alpha.exp().detach()
+    next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps[0])
+    qf_loss, q_stats = critic_loss(qf, obs, actions, next_q_value)
+    q_optimizer.zero_grad()
+    qf_loss.backward()
+    q_optimizer.step()
+    actor_loss = alpha_loss = torch.zeros(())
+    if update_actor:
+        for i in range(policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
+            actor_loss = actor_loss_fn(actor, qf, obs, alpha, eps[2 * i + 1])
+            actor_optimizer.zero_grad()
+            actor_loss.backward()
+            actor_optimizer.step()
+            if autotune:
+                with torch.no_grad():
+                    _, log_pi, _ = actor.get_action(obs, eps[2 * i + 2])
+                alpha_loss = alpha_loss_fn(log_alpha, log_pi, target_entropy)
+                a_optimizer.zero_grad()
+                alpha_loss.backward()
+                a_optimizer.step()
+                alpha = log_alpha.exp().detach()
+    # update the target networks
+    if update_target:
+        polyak_update(qf, qf_target, tau)
+    return (qf_loss,) + q_stats + (actor_loss, alpha_loss)
+
+
+def evaluate(
+    model_path,
+    make_env,
+    env_id,
+    eval_episodes,
+    run_name,
+    Model,
+    device=torch.device("cpu"),
+    capture_video=True,
+    seed=1,
+):
     """Roll out the saved actor's deterministic (mean) action for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -224,7 +325,7 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, devic
     weights = load_file(model_path, device=str(device))
     actor.load_state_dict({k[len("actor.") :]: v for k, v in weights.items() if k.startswith("actor.")})
     actor.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
@@ -244,16 +345,11 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only continuous (Box) action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -289,17 +385,19 @@ if __name__ == "__main__":
     qf = SoftQNetwork(obs_dim, act_dim).to(device)  # qf1 and qf2, stacked
     qf_target = SoftQNetwork(obs_dim, act_dim).to(device)
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = optim.Adam(list(qf.parameters()), lr=args.q_lr)
-    actor_optimizer = optim.Adam(list(actor.parameters()), lr=args.policy_lr)
 
-    # Automatic entropy tuning
-    if args.autotune:
-        target_entropy = -float(act_dim)
-        log_alpha = torch.zeros(1, requires_grad=True, device=device)
-        alpha = log_alpha.exp().item()
-        a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
-    else:
-        alpha = args.alpha
+    # Automatic entropy tuning (log-alpha stays log(args.alpha) without it)
+    target_entropy = -float(act_dim)
+    log_alpha = torch.tensor([0.0 if args.autotune else math.log(args.alpha)], requires_grad=True, device=device)
+    q_optimizer, actor_optimizer, a_optimizer = make_optimizers(actor, qf, log_alpha, args)
+
+    hyperparameters = dict(gamma=args.gamma, tau=args.tau, policy_frequency=args.policy_frequency, autotune=args.autotune)
+    step = partial(train_step, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, a_optimizer, **hyperparameters)
+    train = {
+        (a, t): partial(step, update_actor=a, update_target=t, target_entropy=target_entropy)
+        for a in (False, True)
+        for t in (False, True)
+    }
 
     # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
     rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
@@ -324,7 +422,7 @@ if __name__ == "__main__":
             actions = envs.action_space.sample()
         else:
             with torch.no_grad():
-                actions, _, _ = actor.get_action(torch.Tensor(obs).to(device))
+                actions = actor.get_action(torch.Tensor(obs).to(device))[0]
             actions = actions.cpu().numpy()  # the host sync
         t1 = time.perf_counter()
 
@@ -364,49 +462,27 @@ if __name__ == "__main__":
         if global_step > args.learning_starts:
             b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
             data = [torch.as_tensor(a[b], device=device) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
-            b_obs, b_actions, b_next_obs, b_rewards, b_dones = data
-            next_q_value = soft_q_target(actor, qf_target, b_next_obs, b_rewards, b_dones, alpha, args.gamma)
-            qf_loss, q_stats = critic_loss(qf, b_obs, b_actions, next_q_value)
-
-            # optimize the model
-            q_optimizer.zero_grad()
-            qf_loss.backward()
-            q_optimizer.step()
-
-            if global_step % args.policy_frequency == 0:  # TD 3 Delayed update support
-                for _ in range(args.policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
-                    actor_loss = actor_loss_fn(actor, qf, b_obs, alpha)
-                    actor_optimizer.zero_grad()
-                    actor_loss.backward()
-                    actor_optimizer.step()
-
-                    if args.autotune:
-                        with torch.no_grad():
-                            _, log_pi, _ = actor.get_action(b_obs)
-                        alpha_loss = alpha_loss_fn(log_alpha, log_pi, target_entropy)
-                        a_optimizer.zero_grad()
-                        alpha_loss.backward()
-                        a_optimizer.step()
-                        alpha = log_alpha.exp().item()
-
-            # update the target networks
-            if global_step % args.target_network_frequency == 0:
-                polyak(qf_target, qf, args.tau)
+            update_actor = global_step % args.policy_frequency == 0  # TD 3 Delayed update support
+            update_target = global_step % args.target_network_frequency == 0
+            eps = torch.randn(1 + 2 * args.policy_frequency * update_actor, args.batch_size, act_dim, device=device)
+            stats = train[update_actor, update_target](*data, eps)
             if device.type == "cuda":
                 torch.cuda.synchronize()  # the update is only done when the device is
+            if update_actor:
+                actor_loss, alpha_loss = stats[5:]  # as in CleanRL, the logged actor loss is the latest one computed
             update_time += time.perf_counter() - t2
 
             if global_step % 100 == 0:
-                qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in q_stats)
+                qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in stats[:5])
                 steps_since_log = (global_step - last_log_step) * args.num_envs
                 sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("losses/qf1_values", qf1_values, global_step)
                 writer.add_scalar("losses/qf2_values", qf2_values, global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss, global_step)
-                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
+                writer.add_scalar("losses/qf_loss", qf_loss / 2.0, global_step)
                 writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
-                writer.add_scalar("losses/alpha", alpha, global_step)
+                writer.add_scalar("losses/alpha", log_alpha.exp().item(), global_step)
                 if args.autotune:
                     writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
@@ -437,6 +513,7 @@ if __name__ == "__main__":
             Actor,
             device=device,
             capture_video=args.capture_video,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,8 +1,8 @@
-"""TD3 (Twin Delayed DDPG) for continuous actions (MuJoCo, classic control) in PyTorch: the reference
-twin of cleanrl_mlx/td3_mlx.py.
+"""TD3 (Twin Delayed DDPG) for continuous actions (MuJoCo, classic control) in PyTorch (eager, as CleanRL
+writes it): the reference twin of cleanrl_mlx/td3_mlx.py.
 
-Eager PyTorch as CleanRL's td3_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/td3/#td3_continuous_actionpy)
-writes it: same defaults, same updates, same logged tags as the MLX script.
+Mirrors CleanRL's td3_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/td3/#td3_continuous_actionpy):
+same defaults, same updates, same logged tags.
 
 Usage: python cleanrl_torch_reference/td3_torch.py --env-id Hopper-v5
 """
@@ -13,6 +13,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import gymnasium as gym
@@ -81,13 +82,40 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
+    limits = {  # field: (valid?, what it must be)
+        "seed": (args.seed >= 0, "non-negative"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "num_envs": (args.num_envs > 0, "positive"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "policy_noise": (args.policy_noise >= 0, "non-negative"),
+        "exploration_noise": (args.exploration_noise >= 0, "non-negative"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "policy_frequency": (args.policy_frequency > 0, "positive"),
+        "noise_clip": (args.noise_clip > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.learning_starts >= args.total_timesteps:
+        raise SystemExit(
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
+        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.learning_starts < 0:
-        raise SystemExit(f"{script}: --learning-starts must be non-negative, got {args.learning_starts}")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise SystemExit(f"{script}: only continuous (Box) action spaces are supported; {args.env_id} has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -147,7 +175,7 @@ class Actor(nn.Module):
         self.fc1 = nn.Linear(obs_dim, 256)
         self.fc2 = nn.Linear(256, 256)
         self.fc_mu = nn.Linear(256, act_dim)
-        # action rescaling
+        # action rescaling: torch buffers, saved with the weights, never trained
         self.register_buffer("action_scale", torch.tensor((action_high - action_low) / 2.0, dtype=torch.float32))
         self.register_buffer("action_bias", torch.tensor((action_high + action_low) / 2.0, dtype=torch.float32))
 
@@ -162,7 +190,7 @@ class Actor(nn.Module):
 def td3_target(target_actor, qf_target, next_obs, rewards, dones, noise, policy_noise, noise_clip, low, high, gamma):
     """Target policy smoothing and clipped double Q: r + gamma * (1 - done) * min_i Q_i'(s', a'), with
     a' = clip(mu'(s') + clip(policy_noise * noise, +-noise_clip) * scale, low, high); `noise` is
-    standard normal (passed in, so tests can share it with MLX). No gradient."""
+    standard normal (passed in, so tests can share it between the twins). No gradient."""
     clipped_noise = (noise * policy_noise).clamp(-noise_clip, noise_clip) * target_actor.action_scale
     next_state_actions = (target_actor(next_obs) + clipped_noise).clamp(low, high)
     min_qf_next_target = qf_target(next_obs, next_state_actions).min(0).values
@@ -181,9 +209,61 @@ def actor_loss_fn(actor, qf, obs):
 
 
 @torch.no_grad()
-def polyak(target, source, tau):
-    for param, target_param in zip(source.parameters(), target.parameters()):
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    for param, target_param in zip(online.parameters(), target.parameters()):
         target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
+
+
+def make_optimizers(actor, qf, args):
+    """Adam (eps 1e-8, bias-corrected) for the critics and for the actor, at args.learning_rate."""
+    q_optimizer = optim.Adam(list(qf.parameters()), lr=args.learning_rate)
+    actor_optimizer = optim.Adam(list(actor.parameters()), lr=args.learning_rate)
+    return q_optimizer, actor_optimizer
+
+
+def train_step(
+    actor,
+    qf,
+    target_actor,
+    qf_target,
+    q_optimizer,
+    actor_optimizer,
+    obs,
+    actions,
+    next_obs,
+    rewards,
+    dones,
+    noise,
+    *,
+    update_actor,
+    policy_noise,
+    noise_clip,
+    low,
+    high,
+    gamma,
+    tau,
+):
+    """One gradient step of CleanRL's loop body: the critics; if `update_actor` (every policy_frequency
+    steps), the actor and then the polyak update of both target networks. `noise` is the standard-normal
+    target policy noise. Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss)."""
+    next_q_value = td3_target(
+        target_actor, qf_target, next_obs, rewards, dones, noise, policy_noise, noise_clip, low, high, gamma
+    )
+    qf_loss, q_stats = critic_loss(qf, obs, actions, next_q_value)
+    q_optimizer.zero_grad()
+    qf_loss.backward()
+    q_optimizer.step()
+    actor_loss = torch.zeros(())
+    if update_actor:
+        actor_loss = actor_loss_fn(actor, qf, obs)
+        actor_optimizer.zero_grad()
+        actor_loss.backward()
+        actor_optimizer.step()
+        # update the target network
+        polyak_update(actor, target_actor, tau)
+        polyak_update(qf, qf_target, tau)
+    return (qf_loss,) + q_stats + (actor_loss,)
 
 
 def evaluate(
@@ -196,6 +276,7 @@ def evaluate(
     device=torch.device("cpu"),
     capture_video=True,
     exploration_noise=0.1,
+    seed=1,
 ):
     """Roll out the saved actor with its exploration noise (as CleanRL's td3_eval) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
@@ -206,11 +287,12 @@ def evaluate(
     weights = load_file(model_path, device=str(device))
     actor.load_state_dict({k[len("actor.") :]: v for k, v in weights.items() if k.startswith("actor.")})
     actor.eval()
-    obs, _ = envs.reset()
+    obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
             actions = actor(torch.Tensor(obs).to(device))
+            # as in CleanRL, one exploration-noise vector (one value per action dimension) for all envs
             actions += torch.normal(0, actor.action_scale * exploration_noise)
         obs, _, _, _, infos = envs.step(actions.cpu().numpy().clip(space.low, space.high))
         if "final_info" in infos:
@@ -227,16 +309,11 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup (before any logging, so a wrong action space stops the run with nothing written)
+    # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Box):
-        raise SystemExit(
-            f"{os.path.basename(__file__)}: only continuous (Box) action spaces are supported; {args.env_id} has "
-            f"{envs.single_action_space}"
-        )
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -274,9 +351,14 @@ if __name__ == "__main__":
     qf_target = QNetwork(obs_dim, act_dim).to(device)
     target_actor.load_state_dict(actor.state_dict())
     qf_target.load_state_dict(qf.state_dict())
-    q_optimizer = optim.Adam(list(qf.parameters()), lr=args.learning_rate)
-    actor_optimizer = optim.Adam(list(actor.parameters()), lr=args.learning_rate)
+    q_optimizer, actor_optimizer = make_optimizers(actor, qf, args)
     low, high = float(envs.single_action_space.low[0]), float(envs.single_action_space.high[0])  # CleanRL clamps with [0]
+
+    hyperparameters = dict(
+        policy_noise=args.policy_noise, noise_clip=args.noise_clip, low=low, high=high, gamma=args.gamma, tau=args.tau
+    )
+    step = partial(train_step, actor, qf, target_actor, qf_target, q_optimizer, actor_optimizer, **hyperparameters)
+    train = {a: partial(step, update_actor=a) for a in (False, True)}
 
     # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
     rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
@@ -302,6 +384,7 @@ if __name__ == "__main__":
         else:
             with torch.no_grad():
                 actions = actor(torch.Tensor(obs).to(device))
+                # as in CleanRL, one exploration-noise vector (one value per action dimension) for all envs
                 actions += torch.normal(0, actor.action_scale * args.exploration_noise)
             actions = actions.cpu().numpy()  # the host sync
             actions = actions.clip(envs.single_action_space.low, envs.single_action_space.high)
@@ -343,50 +426,24 @@ if __name__ == "__main__":
         if global_step > args.learning_starts:
             b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
             data = [torch.as_tensor(a[b], device=device) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
-            b_obs, b_actions, b_next_obs, b_rewards, b_dones = data
-            noise = torch.randn_like(b_actions, device=device)
-            next_q_value = td3_target(
-                target_actor,
-                qf_target,
-                b_next_obs,
-                b_rewards,
-                b_dones,
-                noise,
-                args.policy_noise,
-                args.noise_clip,
-                low,
-                high,
-                args.gamma,
-            )
-            qf_loss, q_stats = critic_loss(qf, b_obs, b_actions, next_q_value)
-
-            # optimize the model
-            q_optimizer.zero_grad()
-            qf_loss.backward()
-            q_optimizer.step()
-
-            if global_step % args.policy_frequency == 0:
-                actor_loss = actor_loss_fn(actor, qf, b_obs)
-                actor_optimizer.zero_grad()
-                actor_loss.backward()
-                actor_optimizer.step()
-
-                # update the target network
-                polyak(target_actor, actor, args.tau)
-                polyak(qf_target, qf, args.tau)
+            noise = torch.randn_like(data[1])
+            update_actor = global_step % args.policy_frequency == 0
+            stats = train[update_actor](*data, noise)
             if device.type == "cuda":
                 torch.cuda.synchronize()  # the update is only done when the device is
+            if update_actor:
+                actor_loss = stats[5]  # as in CleanRL, the logged actor loss is the latest one computed
             update_time += time.perf_counter() - t2
 
             if global_step % 100 == 0:
-                qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in q_stats)
+                qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in stats[:5])
                 steps_since_log = (global_step - last_log_step) * args.num_envs
                 sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("losses/qf1_values", qf1_values, global_step)
                 writer.add_scalar("losses/qf2_values", qf2_values, global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
                 writer.add_scalar("losses/qf2_loss", qf2_loss, global_step)
-                writer.add_scalar("losses/qf_loss", qf_loss.item() / 2.0, global_step)
+                writer.add_scalar("losses/qf_loss", qf_loss / 2.0, global_step)
                 writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
@@ -417,6 +474,7 @@ if __name__ == "__main__":
             device=device,
             capture_video=args.capture_video,
             exploration_noise=args.exploration_noise,
+            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,5 +1,8 @@
 """ddpg_mlx vs ddpg_torch: same weights and batch give the same actor output, target, critic and actor
-losses and gradients, and polyak update; saved weights load across twins."""
+losses and gradients, and one full train_step (critic-only and with the delayed actor step and target
+updates); Adam's first step and the polyak update match their formulas; saved weights load across twins."""
+
+from functools import partial
 
 import mlx.core as mx
 import numpy as np
@@ -7,12 +10,24 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, continuous_batch, load_script, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_polyak,
+    assert_same_weights,
+    check_polyak_update,
+    continuous_batch,
+    cross_load,
+    load_script,
+    torch_params_to_mlx,
+    trainable,
+)
 
 D_MLX = load_script("ddpg", "mlx")
 D_TORCH = load_script("ddpg", "torch")
 OBS_DIM, ACT_DIM, B = 5, 2, 64
 LOW, HIGH = np.array([-1.0, 0.0], dtype=np.float32), np.array([1.0, 4.0], dtype=np.float32)
+NETS = ("actor", "qf", "target_actor", "qf_target")  # train_step's module arguments, in order
 
 
 @pytest.fixture
@@ -72,10 +87,71 @@ def test_target_losses_and_gradients(twins):
         assert_close(m_agrads[name], p.grad, atol=1e-5, rtol=1e-4, what=f"actor grad {name}")
 
 
-def test_polyak_update(twins):
+def test_polyak_update_formula(twins):
     t, m = twins
-    D_TORCH.polyak(t["qf_target"], t["qf"], 0.005)
-    m["qf_target"].update(D_MLX.polyak(m["qf_target"].parameters(), m["qf"].parameters(), 0.005))
-    params = dict(tree_flatten(m["qf_target"].parameters()))
-    for name, p in t["qf_target"].state_dict().items():
-        assert_close(params[name], p, atol=1e-6, what=f"qf_target.{name}")
+    for online, target in (("actor", "target_actor"), ("qf", "qf_target")):
+        for script, nets in ((D_TORCH, t), (D_MLX, m)):
+            check_polyak_update(script, nets[online], nets[target])
+
+
+@pytest.mark.parametrize("update_actor", [False, True])
+def test_full_update(twins, update_actor):
+    """One train_step in both twins from the same weights and batch, with the scripts' own optimizers and
+    default Args (MLX compiled as the script compiles it): the same weights come out, target networks
+    included, and the same losses. Against the formulas: torch's first Adam step of the network trained
+    last, and (with the actor step) the polyak update of both targets, in both twins."""
+    t, m = twins
+    args = D_MLX.Args()
+    hp = dict(gamma=args.gamma, tau=args.tau)
+    b = make_batch()
+    batch = ("obs", "actions", "next_obs", "rewards", "dones")
+    before = {k: trainable(t[k]) for k in NETS}
+    t_opts = D_TORCH.make_optimizers(t["actor"], t["qf"], D_TORCH.Args())
+    t_stats = D_TORCH.train_step(
+        *(t[k] for k in NETS), *t_opts, *(torch.tensor(b[k]) for k in batch), update_actor=update_actor, **hp
+    )
+    m_opts = D_MLX.make_optimizers(m["actor"], m["qf"], args)
+    state = [m[k].state for k in NETS] + [o.state for o in m_opts]
+    train = mx.compile(
+        partial(D_MLX.train_step, *(m[k] for k in NETS), *m_opts, update_actor=update_actor, **hp), inputs=state, outputs=state
+    )
+    m_stats = train(*(mx.array(b[k]) for k in batch))
+    mx.eval(m_stats, state)
+    for k in NETS:
+        assert_same_weights(m[k], t[k], atol=1e-5, what=k)
+    for name, ms, ts in zip(("qf1_loss", "qf1_values", "actor_loss"), m_stats, t_stats, strict=True):
+        assert_close(ms, ts, atol=1e-4, what=name)
+    # the critic's p.grad also collects the actor loss's gradient, so the formula checks the last one trained
+    trained = "actor" if update_actor else "qf"
+    grads = {n: p.grad.numpy().copy() for n, p in t[trained].named_parameters()}
+    assert_first_adam_step(before[trained], trainable(t[trained]), grads, lr=3e-4, eps=1e-8)
+    for online, target in (("actor", "target_actor"), ("qf", "qf_target")):
+        for nets in (t, m):
+            if update_actor:
+                assert_polyak(trainable(nets[online]), before[target], trainable(nets[target]), args.tau)
+            else:
+                assert all(np.array_equal(v, before[target][k]) for k, v in trainable(nets[target]).items())
+
+
+def test_weights_load_across_frameworks(twins, tmp_path):
+    """The actor (action-scale buffers included) and the critic saved by either twin load in the other."""
+    t, m = twins
+    x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
+    a = np.random.default_rng(1).uniform(LOW, HIGH, size=(5, ACT_DIM)).astype(np.float32)
+    actor_m, actor_t = cross_load(
+        m["actor"],
+        t["actor"],
+        D_MLX.Actor(OBS_DIM, ACT_DIM, np.zeros(2), np.ones(2)),
+        D_TORCH.Actor(OBS_DIM, ACT_DIM, np.zeros(2), np.ones(2)),
+        tmp_path,
+    )
+    assert_close(actor_m(mx.array(x)), t["actor"](torch.tensor(x)).detach(), what="torch actor loaded in MLX")
+    assert_close(m["actor"](mx.array(x)), actor_t(torch.tensor(x)).detach(), what="MLX actor loaded in torch")
+    assert_close(actor_t.action_scale, (HIGH - LOW) / 2)
+    qf_m, qf_t = cross_load(m["qf"], t["qf"], D_MLX.QNetwork(OBS_DIM, ACT_DIM), D_TORCH.QNetwork(OBS_DIM, ACT_DIM), tmp_path)
+    assert_close(
+        qf_m(mx.array(x), mx.array(a)), t["qf"](torch.tensor(x), torch.tensor(a)).detach(), what="torch critic loaded in MLX"
+    )
+    assert_close(
+        m["qf"](mx.array(x), mx.array(a)), qf_t(torch.tensor(x), torch.tensor(a)).detach(), what="MLX critic loaded in torch"
+    )

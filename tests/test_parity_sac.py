@@ -1,22 +1,36 @@
 """sac_mlx vs sac_torch: same weights, batch and noise give the same squashed actions and log-probs,
-critic targets, critic/actor/alpha losses and gradients, Adam steps, and polyak update; saved
-weights load across the twins."""
+critic targets, critic/actor/alpha losses and gradients, and one full train_step (critic-only, with the
+actor and alpha steps, with and without autotune); Adam's first step and the polyak update match their
+formulas; saved weights load across the twins."""
 
 import math
+from functools import partial
 
 import mlx.core as mx
-import mlx.optimizers as optim
 import numpy as np
 import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, continuous_batch, cross_load, load_script, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_polyak,
+    assert_same_weights,
+    check_polyak_update,
+    continuous_batch,
+    cross_load,
+    load_script,
+    torch_params_to_mlx,
+    trainable,
+)
 
 S_MLX = load_script("sac", "mlx")
 S_TORCH = load_script("sac", "torch")
 OBS_DIM, ACT_DIM, B = 5, 3, 64
 LOW, HIGH = np.array([-2.0, -1.0, 0.0], dtype=np.float32), np.array([2.0, 1.0, 3.0], dtype=np.float32)
+NETS = ("actor", "qf", "qf_target")  # train_step's module arguments, in order (log-alpha follows)
+STATS = ("qf_loss", "qf1_loss", "qf2_loss", "qf1_values", "qf2_values", "actor_loss", "alpha_loss")
 
 
 @pytest.fixture
@@ -156,28 +170,62 @@ def test_actor_and_alpha_losses_and_gradients(twins):
     assert_close(m_agrad, t_log_alpha.grad, atol=1e-5, what="alpha grad")
 
 
-def test_adam_steps_and_polyak_match(twins):
-    """Three critic Adam steps (torch's bias correction) on shared batches, then a polyak update."""
+def test_polyak_update_formula(twins):
     t, m = twins
-    t_opt = torch.optim.Adam(t["qf"].parameters(), lr=1e-3)
-    m_opt = optim.Adam(learning_rate=1e-3, bias_correction=True)
-    m_opt.init(m["qf"].trainable_parameters())
-    loss_and_grad = S_MLX.nn.value_and_grad(m["qf"], lambda *a: S_MLX.critic_loss(m["qf"], *a))
-    for step in range(3):
-        b = make_batch(seed=10 + step)
-        T, M = tb(b), mb(b)
-        t_loss, _ = S_TORCH.critic_loss(t["qf"], T["obs"], T["actions"], T["rewards"])
-        t_opt.zero_grad()
-        t_loss.backward()
-        t_opt.step()
-        _, grads = loss_and_grad(M["obs"], M["actions"], M["rewards"])
-        m_opt.update(m["qf"], grads)
-    S_TORCH.polyak(t["qf_target"], t["qf"], 0.005)
-    m["qf_target"].update(S_MLX.polyak(m["qf_target"].parameters(), m["qf"].parameters(), 0.005))
-    for key in ("qf", "qf_target"):
-        m_params = dict(tree_flatten(m[key].parameters()))
-        for name, p in t[key].named_parameters():
-            assert_close(m_params[name], p, atol=1e-5, what=f"{key}.{name} after Adam/polyak")
+    for script, nets in ((S_TORCH, t), (S_MLX, m)):
+        check_polyak_update(script, nets["qf"], nets["qf_target"])
+
+
+@pytest.mark.parametrize(
+    "update_actor,update_target,autotune,policy_frequency",
+    [(False, True, True, 2), (True, False, True, 1), (True, True, True, 2), (True, True, False, 2)],
+)
+def test_full_update(twins, update_actor, update_target, autotune, policy_frequency):
+    """One train_step in both twins from the same weights, batch and noise, with the scripts' own optimizers
+    and default Args (MLX compiled as the script compiles it): the same weights come out (target network and
+    log-alpha included) and the same losses. Against the formulas: torch's first Adam step of the critics
+    (critic-only step) or of the actor and log-alpha (one actor step), and the polyak update of the target."""
+    t, m = twins
+    args = S_MLX.Args()
+    hp = dict(
+        gamma=args.gamma, tau=args.tau, policy_frequency=policy_frequency, autotune=autotune, target_entropy=-float(ACT_DIM)
+    )
+    flags = dict(update_actor=update_actor, update_target=update_target)
+    b = make_batch()
+    eps = np.random.default_rng(7).normal(size=(1 + 2 * policy_frequency * update_actor, B, ACT_DIM)).astype(np.float32)
+    batch = [b[k] for k in ("obs", "actions", "next_obs", "rewards", "dones")] + [eps]
+    before = {k: trainable(t[k]) for k in NETS} | {"log_alpha": {"log_alpha": np.array([0.2], dtype=np.float32)}}
+    t_log_alpha = torch.tensor([0.2], requires_grad=True)
+    t_opts = S_TORCH.make_optimizers(t["actor"], t["qf"], t_log_alpha, S_TORCH.Args())
+    t_stats = S_TORCH.train_step(*(t[k] for k in NETS), t_log_alpha, *t_opts, *map(torch.tensor, batch), **flags, **hp)
+    m_log_alpha = {"log_alpha": mx.array([0.2])}
+    m_opts = S_MLX.make_optimizers(m["actor"], m["qf"], m_log_alpha, args)
+    state = [m[k].state for k in NETS] + [m_log_alpha] + [o.state for o in m_opts]
+    train = mx.compile(
+        partial(S_MLX.train_step, *(m[k] for k in NETS), m_log_alpha, *m_opts, **flags, **hp), inputs=state, outputs=state
+    )
+    m_stats = train(*map(mx.array, batch))
+    mx.eval(m_stats, state)
+    for k in NETS:
+        assert_same_weights(m[k], t[k], atol=1e-5, what=k)
+    assert_close(m_log_alpha["log_alpha"], t_log_alpha, atol=1e-5, what="log_alpha")
+    for name, ms, ts in zip(STATS, m_stats, t_stats, strict=True):
+        assert_close(ms, ts, atol=1e-4, what=name)
+    if not update_actor:  # the actor loss's gradient also lands in the critics' p.grad
+        grads = {n: p.grad.numpy().copy() for n, p in t["qf"].named_parameters()}
+        assert_first_adam_step(before["qf"], trainable(t["qf"]), grads, lr=1e-3, eps=1e-8)
+    if policy_frequency == 1:
+        grads = {n: p.grad.numpy().copy() for n, p in t["actor"].named_parameters()}
+        assert_first_adam_step(before["actor"], trainable(t["actor"]), grads, lr=3e-4, eps=1e-8)
+        after = {"log_alpha": t_log_alpha.detach().numpy()}
+        assert_first_adam_step(before["log_alpha"], after, {"log_alpha": t_log_alpha.grad.numpy()}, lr=1e-3, eps=1e-8)
+    if update_actor and not autotune:
+        assert t_log_alpha.item() == np.float32(0.2) and m_log_alpha["log_alpha"].item() == np.float32(0.2)
+    for nets in (t, m):
+        if update_target:
+            assert_polyak(trainable(nets["qf"]), before["qf_target"], trainable(nets["qf_target"]), args.tau)
+        else:
+            assert all(np.array_equal(v, before["qf_target"][k]) for k, v in trainable(nets["qf_target"]).items())
 
 
 def test_weights_load_across_frameworks(twins, tmp_path):

@@ -1,5 +1,9 @@
 """td3_mlx vs td3_torch: same weights, batch and noise give the same actions, smoothed clipped-double-Q
-targets, critic and actor losses and gradients, and polyak update; saved weights load across twins."""
+targets, critic and actor losses and gradients, and one full train_step (critic-only and with the delayed
+actor step and target updates); Adam's first step and the polyak update match their formulas; saved
+weights load across twins."""
+
+from functools import partial
 
 import mlx.core as mx
 import numpy as np
@@ -7,12 +11,25 @@ import pytest
 import torch
 from mlx.utils import tree_flatten
 
-from tests.helpers import assert_close, continuous_batch, cross_load, load_script, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_polyak,
+    assert_same_weights,
+    check_polyak_update,
+    continuous_batch,
+    cross_load,
+    load_script,
+    torch_params_to_mlx,
+    trainable,
+)
 
 T_MLX = load_script("td3", "mlx")
 T_TORCH = load_script("td3", "torch")
 OBS_DIM, ACT_DIM, B = 5, 3, 64
 LOW, HIGH = np.full(ACT_DIM, -2.0, dtype=np.float32), np.full(ACT_DIM, 2.0, dtype=np.float32)
+NETS = ("actor", "qf", "target_actor", "qf_target")  # train_step's module arguments, in order
+STATS = ("qf_loss", "qf1_loss", "qf2_loss", "qf1_values", "qf2_values", "actor_loss")
 
 
 @pytest.fixture
@@ -104,13 +121,50 @@ def test_critic_and_actor_losses_and_gradients(twins):
         assert_close(m_agrads[name], p.grad, atol=1e-5, rtol=1e-4, what=f"actor grad {name}")
 
 
-def test_polyak_update(twins):
+def test_polyak_update_formula(twins):
     t, m = twins
-    T_TORCH.polyak(t["target_actor"], t["actor"], 0.005)
-    m["target_actor"].update(T_MLX.polyak(m["target_actor"].trainable_parameters(), m["actor"].trainable_parameters(), 0.005))
-    params = dict(tree_flatten(m["target_actor"].parameters()))
-    for name, p in t["target_actor"].state_dict().items():
-        assert_close(params[name], p, atol=1e-6, what=f"target_actor.{name}")
+    for online, target in (("actor", "target_actor"), ("qf", "qf_target")):
+        for script, nets in ((T_TORCH, t), (T_MLX, m)):
+            check_polyak_update(script, nets[online], nets[target])
+
+
+@pytest.mark.parametrize("update_actor", [False, True])
+def test_full_update(twins, update_actor):
+    """One train_step in both twins from the same weights, batch and noise, with the scripts' own optimizers
+    and default Args (MLX compiled as the script compiles it): the same weights come out, target networks
+    included, and the same losses. Against the formulas: torch's first Adam step of the network trained
+    last, and (with the actor step) the polyak update of both targets, in both twins."""
+    t, m = twins
+    args = T_MLX.Args()
+    hp = dict(policy_noise=args.policy_noise, noise_clip=args.noise_clip, low=-2.0, high=2.0, gamma=args.gamma, tau=args.tau)
+    b = make_batch()
+    batch = ("obs", "actions", "next_obs", "rewards", "dones", "noise")
+    before = {k: trainable(t[k]) for k in NETS}
+    t_opts = T_TORCH.make_optimizers(t["actor"], t["qf"], T_TORCH.Args())
+    t_stats = T_TORCH.train_step(
+        *(t[k] for k in NETS), *t_opts, *(torch.tensor(b[k]) for k in batch), update_actor=update_actor, **hp
+    )
+    m_opts = T_MLX.make_optimizers(m["actor"], m["qf"], args)
+    state = [m[k].state for k in NETS] + [o.state for o in m_opts]
+    train = mx.compile(
+        partial(T_MLX.train_step, *(m[k] for k in NETS), *m_opts, update_actor=update_actor, **hp), inputs=state, outputs=state
+    )
+    m_stats = train(*(mx.array(b[k]) for k in batch))
+    mx.eval(m_stats, state)
+    for k in NETS:
+        assert_same_weights(m[k], t[k], atol=1e-5, what=k)
+    for name, ms, ts in zip(STATS, m_stats, t_stats, strict=True):
+        assert_close(ms, ts, atol=1e-4, what=name)
+    # the critic's p.grad also collects the actor loss's gradient, so the formula checks the last one trained
+    trained = "actor" if update_actor else "qf"
+    grads = {n: p.grad.numpy().copy() for n, p in t[trained].named_parameters()}
+    assert_first_adam_step(before[trained], trainable(t[trained]), grads, lr=3e-4, eps=1e-8)
+    for online, target in (("actor", "target_actor"), ("qf", "qf_target")):
+        for nets in (t, m):
+            if update_actor:
+                assert_polyak(trainable(nets[online]), before[target], trainable(nets[target]), args.tau)
+            else:
+                assert all(np.array_equal(v, before[target][k]) for k, v in trainable(nets[target]).items())
 
 
 def test_weights_load_across_frameworks(twins, tmp_path):
