@@ -1,13 +1,12 @@
-"""ALLO, the Augmented Lagrangian Laplacian Objective, in MLX: learns the d smallest eigenvectors of a
-gridworld's graph Laplacian from sampled transitions.
+"""ALLO, the Augmented Lagrangian Laplacian Objective, in MLX. PyTorch twin: cleanrl_torch_reference/allo_torch.py.
 
+Learns the d smallest eigenvectors of a gridworld's graph Laplacian from sampled transitions, after
 Gomez, Bowling, Machado, "Proper Laplacian Representation Learning" (ICLR 2024); the authors' JAX code
 (github.com/tarod13/laplacian_dual_dynamics) fixes the semantics followed here: the layouts, the
 episodic sampler, the loss, the dual and barrier updates. Not an RL script: a uniform random policy
 collects the data once, then every step is one gradient step on the encoder, so `charts/SPS` counts
 gradient steps per second and the timing tags are `timing/sample_us` (host sampling) and
-`timing/update_us` (the compiled step and its sync), microseconds per gradient step.
-PyTorch twin: cleanrl_torch_reference/allo_torch.py.
+`timing/update_us` (the step and the sync that completes it), microseconds per gradient step.
 
 Usage: python cleanrl_mlx/allo_mlx.py --env-id GridRoom-16 --plot
 """
@@ -310,13 +309,11 @@ def align_to_eigenvectors(learned, eigvals, eigvecs):
 
 
 class Encoder(nn.Module):
-    # A plain list (not nn.Sequential) so parameter names are `encoder.0.weight`, ..., exactly the
-    # torch twin's: a saved file loads in either framework.
     # Framework-default init, the same uniform law in both twins (the authors' Haiku MLP draws weights
     # from a truncated normal and zeroes biases).
     def __init__(self, obs_dim, d, hidden_dims):
         super().__init__()
-        self.encoder = []
+        self.encoder = []  # a plain list, not nn.Sequential: parameter names `encoder.0.weight`, ... as in torch
         for width in hidden_dims:
             self.encoder += [nn.Linear(obs_dim, width), nn.ReLU()]
             obs_dim = width
@@ -369,6 +366,34 @@ def update_barrier(barrier, running_quadratic_errors, quadratic_errors, rate, lr
     return barrier, running
 
 
+def make_optimizer(encoder, args):
+    """Adam as the authors use it (optax's defaults: eps 1e-8, bias-corrected)."""
+    optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)  # torch's Adam
+    optimizer.init(encoder.trainable_parameters())  # the compiled step captures this state, so it must exist
+    return optimizer
+
+
+def train_step(
+    encoder, optimizer, multipliers, obs, lr_duals, max_duals, q_error_update_rate, lr_barrier_coefs, max_barrier_coefs
+):
+    """One gradient step on the encoder (forward, backward, Adam), then gradient ascent on the duals and
+    the barrier update, written back into `multipliers`. Returns [loss, graph_loss, dual_loss, barrier_loss]."""
+    loss_and_grad = nn.value_and_grad(encoder, partial(allo_loss, encoder))
+    (loss, aux), grads = loss_and_grad(obs, multipliers["duals"], multipliers["barrier"])
+    optimizer.update(encoder, grads)
+    graph_loss, dual_loss, barrier_loss, errors, quadratic_errors = aux
+    multipliers["duals"] = update_duals(multipliers["duals"], errors, lr_duals, max_duals)
+    multipliers["barrier"], multipliers["quadratic_errors"] = update_barrier(
+        multipliers["barrier"],
+        multipliers["quadratic_errors"],
+        quadratic_errors,
+        q_error_update_rate,
+        lr_barrier_coefs,
+        max_barrier_coefs,
+    )
+    return mx.stack([loss, graph_loss, dual_loss, barrier_loss])
+
+
 def encode_states(encoder, states_obs):
     return np.array(encoder(mx.array(states_obs)), dtype=np.float64)
 
@@ -409,6 +434,27 @@ def plot_eigenvectors(path, grid, cells, eigvecs, aligned, cos):
 
 def check_args(args: Args, script: str) -> np.ndarray:
     """Reject bad input with one clear line before anything is created; returns the parsed layout."""
+    limits = {  # field: (valid?, what it must be)
+        "n_samples": (args.n_samples > 0, "positive"),
+        "max_episode_steps": (args.max_episode_steps > 0, "positive"),
+        "total_train_steps": (args.total_train_steps > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "hidden_dims": (all(width > 0 for width in args.hidden_dims), "positive widths"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "lr_duals": (args.lr_duals > 0, "positive"),
+        "max_duals": (args.max_duals > 0, "positive"),
+        "barrier_initial_val": (args.barrier_initial_val >= 0, "non-negative"),
+        "lr_barrier_coefs": (args.lr_barrier_coefs >= 0, "non-negative"),
+        "max_barrier_coefs": (args.max_barrier_coefs > 0, "positive"),
+        "q_error_update_rate": (0 < args.q_error_update_rate <= 1, "in (0, 1]"),
+        "eval_frequency": (args.eval_frequency > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+    if args.device not in ("gpu", "cpu"):
+        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.layout_file is not None:
         try:
             text = Path(args.layout_file).read_text()
@@ -423,15 +469,10 @@ def check_args(args: Args, script: str) -> np.ndarray:
         grid = parse_layout(text)
     except ValueError as e:
         raise SystemExit(f"{script}: bad layout {args.layout_file or args.env_id!r}: {e}") from None
-    for name in ("total_train_steps", "batch_size", "n_samples", "max_episode_steps", "eval_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 1 <= args.d <= grid.sum():
         raise SystemExit(f"{script}: --d must be between 1 and the number of free cells ({grid.sum()}), got {args.d}")
     if args.n_samples < args.max_episode_steps + 1:
         raise SystemExit(f"{script}: --n-samples {args.n_samples} is less than one episode ({args.max_episode_steps + 1} states)")
-    if not 0.0 <= args.gamma <= 1.0:
-        raise SystemExit(f"{script}: --gamma must be in [0, 1], got {args.gamma}")
     return grid
 
 
@@ -481,8 +522,7 @@ if __name__ == "__main__":
     print(f"{args.env_id}: {len(cells)} states, {len(episodes)} episodes, smallest eigenvalues {np.round(eigvals[: args.d], 5)}")
 
     encoder = Encoder(2, args.d, args.hidden_dims)
-    optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)  # torch's Adam
-    optimizer.init(encoder.trainable_parameters())  # the compiled step captures this state, so it must exist
+    optimizer = make_optimizer(encoder, args)
     multipliers = {
         "duals": mx.zeros((args.d, args.d)),
         "barrier": mx.array(args.barrier_initial_val),
@@ -490,26 +530,20 @@ if __name__ == "__main__":
     }
     obs_table = mx.array(states_obs)  # batches arrive as state ids and are turned into observations on device
 
-    # ALGO LOGIC: one compiled step: forward, backward, Adam, then the dual and barrier updates. It
-    # captures the live module, optimizer and multiplier state (no copies, nothing recompiles).
-    loss_and_grad = nn.value_and_grad(encoder, partial(allo_loss, encoder))
-    state = [encoder.state, optimizer.state, multipliers]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def train_step(ids):
-        (loss, aux), grads = loss_and_grad(obs_table[ids], multipliers["duals"], multipliers["barrier"])
-        optimizer.update(encoder, grads)
-        graph_loss, dual_loss, barrier_loss, errors, quadratic_errors = aux
-        multipliers["duals"] = update_duals(multipliers["duals"], errors, args.lr_duals, args.max_duals)
-        multipliers["barrier"], multipliers["quadratic_errors"] = update_barrier(
-            multipliers["barrier"],
-            multipliers["quadratic_errors"],
-            quadratic_errors,
-            args.q_error_update_rate,
-            args.lr_barrier_coefs,
-            args.max_barrier_coefs,
-        )
-        return mx.stack([loss, graph_loss, dual_loss, barrier_loss])
+    # ALGO LOGIC: forward, backward, Adam, then the dual and barrier updates
+    state = [encoder.state, optimizer.state, multipliers]  # the compiled step reads and writes these in place
+    train = partial(
+        train_step,
+        encoder,
+        optimizer,
+        multipliers,
+        lr_duals=args.lr_duals,
+        max_duals=args.max_duals,
+        q_error_update_rate=args.q_error_update_rate,
+        lr_barrier_coefs=args.lr_barrier_coefs,
+        max_barrier_coefs=args.max_barrier_coefs,
+    )
+    train = mx.compile(train, inputs=state, outputs=state)
 
     start_time = time.time()
     sample_time = update_time = 0.0  # seconds since the last log
@@ -519,7 +553,7 @@ if __name__ == "__main__":
         t0 = time.perf_counter()
         ids = mx.array(sample_batch(episodes, args.batch_size, args.gamma, rng))
         t1 = time.perf_counter()
-        losses = train_step(ids)
+        losses = train(obs_table[ids])
         mx.eval(losses, state)  # one sync per gradient step
         t2 = time.perf_counter()
         sample_time += t1 - t0

@@ -1,12 +1,13 @@
 """ALLO, the Augmented Lagrangian Laplacian Objective, in PyTorch: the reference twin of
 cleanrl_mlx/allo_mlx.py.
 
+Learns the d smallest eigenvectors of a gridworld's graph Laplacian from sampled transitions, after
 Gomez, Bowling, Machado, "Proper Laplacian Representation Learning" (ICLR 2024); the authors' JAX code
 (github.com/tarod13/laplacian_dual_dynamics) fixes the semantics followed here: the layouts, the
 episodic sampler, the loss, the dual and barrier updates. Not an RL script: a uniform random policy
 collects the data once, then every step is one gradient step on the encoder, so `charts/SPS` counts
 gradient steps per second and the timing tags are `timing/sample_us` (host sampling) and
-`timing/update_us` (the step, including the device sync), microseconds per gradient step.
+`timing/update_us` (the step and the sync that completes it), microseconds per gradient step.
 
 Usage: python cleanrl_torch_reference/allo_torch.py --env-id GridRoom-16 --plot
 """
@@ -16,6 +17,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -347,19 +349,46 @@ def update_barrier(barrier, running_quadratic_errors, quadratic_errors, rate, lr
     return barrier, running
 
 
-def encode_states(encoder, states_obs, device=torch.device("cpu")):
+def make_optimizer(encoder, args):
+    """Adam as the authors use it (optax's defaults: eps 1e-8, bias-corrected)."""
+    return optim.Adam(encoder.parameters(), lr=args.learning_rate)
+
+
+def train_step(
+    encoder, optimizer, multipliers, obs, lr_duals, max_duals, q_error_update_rate, lr_barrier_coefs, max_barrier_coefs
+):
+    """One gradient step on the encoder (forward, backward, Adam), then gradient ascent on the duals and
+    the barrier update, written back into `multipliers`. Returns [loss, graph_loss, dual_loss, barrier_loss]."""
+    loss, aux = allo_loss(encoder, obs, multipliers["duals"], multipliers["barrier"])
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    graph_loss, dual_loss, barrier_loss, errors, quadratic_errors = aux
+    multipliers["duals"] = update_duals(multipliers["duals"], errors, lr_duals, max_duals)
+    multipliers["barrier"], multipliers["quadratic_errors"] = update_barrier(
+        multipliers["barrier"],
+        multipliers["quadratic_errors"],
+        quadratic_errors,
+        q_error_update_rate,
+        lr_barrier_coefs,
+        max_barrier_coefs,
+    )
+    return torch.stack([loss, graph_loss, dual_loss, barrier_loss]).detach()
+
+
+def encode_states(encoder, states_obs):
     with torch.no_grad():
-        return encoder(torch.tensor(states_obs, device=device)).cpu().numpy().astype(np.float64)
+        return encoder(torch.tensor(states_obs, device=next(encoder.parameters()).device)).cpu().numpy().astype(np.float64)
 
 
-def evaluate(model_path, grid, d, hidden_dims, Model, device=torch.device("cpu")):
+def evaluate(model_path, grid, d, hidden_dims, Model):
     """Load a saved encoder and return its per-vector cosine similarity with the true eigenvectors."""
     cells, next_state = grid_dynamics(grid)
     eigvals, eigvecs = laplacian_eigenpairs(transition_matrix(next_state))
-    encoder = Model(2, d, hidden_dims).to(device)
-    encoder.load_state_dict(load_file(model_path, device=str(device)))
+    encoder = Model(2, d, hidden_dims)
+    encoder.load_state_dict(load_file(model_path))  # evaluation runs on the cpu
     states_obs = (cells / np.array(grid.shape) - 0.5).astype(np.float32)
-    return align_to_eigenvectors(encode_states(encoder, states_obs, device), eigvals, eigvecs)[0]
+    return align_to_eigenvectors(encode_states(encoder, states_obs), eigvals, eigvecs)[0]
 
 
 def plot_eigenvectors(path, grid, cells, eigvecs, aligned, cos):
@@ -388,6 +417,25 @@ def plot_eigenvectors(path, grid, cells, eigvecs, aligned, cos):
 
 def check_args(args: Args, script: str) -> np.ndarray:
     """Reject bad input with one clear line before anything is created; returns the parsed layout."""
+    limits = {  # field: (valid?, what it must be)
+        "n_samples": (args.n_samples > 0, "positive"),
+        "max_episode_steps": (args.max_episode_steps > 0, "positive"),
+        "total_train_steps": (args.total_train_steps > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "hidden_dims": (all(width > 0 for width in args.hidden_dims), "positive widths"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "lr_duals": (args.lr_duals > 0, "positive"),
+        "max_duals": (args.max_duals > 0, "positive"),
+        "barrier_initial_val": (args.barrier_initial_val >= 0, "non-negative"),
+        "lr_barrier_coefs": (args.lr_barrier_coefs >= 0, "non-negative"),
+        "max_barrier_coefs": (args.max_barrier_coefs > 0, "positive"),
+        "q_error_update_rate": (0 < args.q_error_update_rate <= 1, "in (0, 1]"),
+        "eval_frequency": (args.eval_frequency > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if args.layout_file is not None:
         try:
             text = Path(args.layout_file).read_text()
@@ -402,15 +450,10 @@ def check_args(args: Args, script: str) -> np.ndarray:
         grid = parse_layout(text)
     except ValueError as e:
         raise SystemExit(f"{script}: bad layout {args.layout_file or args.env_id!r}: {e}") from None
-    for name in ("total_train_steps", "batch_size", "n_samples", "max_episode_steps", "eval_frequency"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 1 <= args.d <= grid.sum():
         raise SystemExit(f"{script}: --d must be between 1 and the number of free cells ({grid.sum()}), got {args.d}")
     if args.n_samples < args.max_episode_steps + 1:
         raise SystemExit(f"{script}: --n-samples {args.n_samples} is less than one episode ({args.max_episode_steps + 1} states)")
-    if not 0.0 <= args.gamma <= 1.0:
-        raise SystemExit(f"{script}: --gamma must be in [0, 1], got {args.gamma}")
     return grid
 
 
@@ -458,11 +501,26 @@ if __name__ == "__main__":
     print(f"{args.env_id}: {len(cells)} states, {len(episodes)} episodes, smallest eigenvalues {np.round(eigvals[: args.d], 5)}")
 
     encoder = Encoder(2, args.d, args.hidden_dims).to(device)
-    optimizer = optim.Adam(encoder.parameters(), lr=args.learning_rate)
-    duals = torch.zeros((args.d, args.d), device=device)
-    barrier = torch.tensor(args.barrier_initial_val, device=device)
-    running_quadratic_errors = torch.zeros((args.d, args.d), device=device)  # running mean of E1 * E2
+    optimizer = make_optimizer(encoder, args)
+    multipliers = {
+        "duals": torch.zeros((args.d, args.d), device=device),
+        "barrier": torch.tensor(args.barrier_initial_val, device=device),
+        "quadratic_errors": torch.zeros((args.d, args.d), device=device),  # running mean of E1 * E2
+    }
     obs_table = torch.tensor(states_obs, device=device)  # batches arrive as state ids and are turned into observations on device
+
+    # ALGO LOGIC: forward, backward, Adam, then the dual and barrier updates
+    train = partial(
+        train_step,
+        encoder,
+        optimizer,
+        multipliers,
+        lr_duals=args.lr_duals,
+        max_duals=args.max_duals,
+        q_error_update_rate=args.q_error_update_rate,
+        lr_barrier_coefs=args.lr_barrier_coefs,
+        max_barrier_coefs=args.max_barrier_coefs,
+    )
 
     start_time = time.time()
     sample_time = update_time = 0.0  # seconds since the last log
@@ -472,22 +530,7 @@ if __name__ == "__main__":
         t0 = time.perf_counter()
         ids = torch.as_tensor(sample_batch(episodes, args.batch_size, args.gamma, rng), device=device)
         t1 = time.perf_counter()
-
-        # ALGO LOGIC: forward, backward, Adam, then the dual and barrier updates
-        loss, (graph_loss, dual_loss, barrier_loss, errors, quadratic_errors) = allo_loss(encoder, obs_table[ids], duals, barrier)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            duals = update_duals(duals, errors, args.lr_duals, args.max_duals)
-            barrier, running_quadratic_errors = update_barrier(
-                barrier,
-                running_quadratic_errors,
-                quadratic_errors,
-                args.q_error_update_rate,
-                args.lr_barrier_coefs,
-                args.max_barrier_coefs,
-            )
+        losses = train(obs_table[ids])
         if device.type == "cuda":
             torch.cuda.synchronize()  # the step is only done when the device is
         t2 = time.perf_counter()
@@ -497,13 +540,14 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: record losses and the cosine similarity for plotting purposes
         if global_step % args.eval_frequency == 0 or global_step == args.total_train_steps:
-            cos, _ = align_to_eigenvectors(encode_states(encoder, states_obs, device), eigvals, eigvecs)
+            cos, _ = align_to_eigenvectors(encode_states(encoder, states_obs), eigvals, eigvecs)
+            loss, graph_loss, dual_loss, barrier_loss = losses.tolist()
             sps = int(global_step / (time.time() - start_time))
-            writer.add_scalar("losses/loss", loss.item(), global_step)
-            writer.add_scalar("losses/graph_loss", graph_loss.item(), global_step)
-            writer.add_scalar("losses/dual_loss", dual_loss.item(), global_step)
-            writer.add_scalar("losses/barrier_loss", barrier_loss.item(), global_step)
-            writer.add_scalar("charts/barrier_coef", barrier.item(), global_step)
+            writer.add_scalar("losses/loss", loss, global_step)
+            writer.add_scalar("losses/graph_loss", graph_loss, global_step)
+            writer.add_scalar("losses/dual_loss", dual_loss, global_step)
+            writer.add_scalar("losses/barrier_loss", barrier_loss, global_step)
+            writer.add_scalar("charts/barrier_coef", multipliers["barrier"].item(), global_step)
             writer.add_scalar("eval/cosine_similarity", cos.mean(), global_step)
             for i, c in enumerate(cos):
                 writer.add_scalar(f"eval/cosine_similarity_{i}", c, global_step)
@@ -522,11 +566,11 @@ if __name__ == "__main__":
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, model_path)
         print(f"model saved to {model_path}")
-        cos = evaluate(model_path, grid, args.d, args.hidden_dims, Encoder, device=device)
+        cos = evaluate(model_path, grid, args.d, args.hidden_dims, Encoder)
         print(f"saved encoder: cosine_similarity={cos.mean():.4f}")
         writer.add_scalar("eval/saved_cosine_similarity", cos.mean(), args.total_train_steps)
     if args.plot:
-        cos, aligned = align_to_eigenvectors(encode_states(encoder, states_obs, device), eigvals, eigvecs)
+        cos, aligned = align_to_eigenvectors(encode_states(encoder, states_obs), eigvals, eigvecs)
         plot_path = f"runs/{run_name}/eigenvectors.png"
         plot_eigenvectors(plot_path, grid, cells, eigvecs, aligned, cos)
         print(f"plot saved to {plot_path}")

@@ -21,6 +21,7 @@ import time
 import traceback
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from types import SimpleNamespace
 from typing import Optional
 
@@ -117,28 +118,57 @@ class Args:
     """actor steps between checks of the published weights' version"""
 
 
-def check_args(args: Args, script: str) -> None:
-    """Reject bad input with one clear line before anything is created."""
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
-    for name in (
-        "total_timesteps", "buffer_size", "batch_size", "n_quantiles", "target_network_frequency",
-        "chunk_length", "ring_chunks", "publish_interval", "sync_interval",
-    ):  # fmt: skip
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.num_actors < 0:
-        raise SystemExit(f"{script}: --num-actors must be 0 (one in-process actor) or more, got {args.num_actors}")
-    if args.replay_ratio <= 0:
-        raise SystemExit(f"{script}: --replay-ratio must be positive, got {args.replay_ratio}")
+def check_args(args: Args, script: str):
+    """Reject bad input with one clear line before anything is created; returns the env's observation
+    size and number of actions."""
+    limits = {  # field: (valid?, what it must be)
+        "total_timesteps": (args.total_timesteps > 0, "positive"),
+        "learning_rate": (args.learning_rate > 0, "positive"),
+        "adam_eps": (args.adam_eps > 0, "positive"),
+        "buffer_size": (args.buffer_size > 0, "positive"),
+        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
+        "tau": (0 < args.tau <= 1, "in (0, 1]"),
+        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
+        "batch_size": (args.batch_size > 0, "positive"),
+        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
+        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
+        "learning_starts": (args.learning_starts >= 0, "non-negative"),
+        "n_quantiles": (args.n_quantiles > 0, "positive"),
+        "max_grad_norm": (args.max_grad_norm > 0, "positive"),
+        "eval_episodes": (args.eval_episodes > 0, "positive"),
+        "num_actors": (args.num_actors >= 0, "0 (one in-process actor) or more"),
+        "apex_epsilon": (0 <= args.apex_epsilon <= 1, "in [0, 1]"),
+        "apex_alpha": (args.apex_alpha >= 0, "non-negative"),
+        "replay_ratio": (args.replay_ratio > 0, "positive"),
+        "chunk_length": (args.chunk_length > 0, "positive"),
+        "ring_chunks": (args.ring_chunks > 0, "positive"),
+        "publish_interval": (args.publish_interval > 0, "positive"),
+        "sync_interval": (args.sync_interval > 0, "positive"),
+    }
+    for name, (valid, must) in limits.items():
+        if not valid:
+            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
     if args.learning_starts < args.batch_size:
         raise SystemExit(f"{script}: --learning-starts {args.learning_starts} is less than one batch ({args.batch_size})")
     if args.learning_starts >= args.total_timesteps:
         raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} leaves no steps to learn from (total {args.total_timesteps})"
+            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
         )
     if args.buffer_size < args.learning_starts:
         raise SystemExit(f"{script}: --buffer-size {args.buffer_size} cannot hold --learning-starts {args.learning_starts} steps")
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
+    try:
+        env = gym.make(args.env_id)
+    except gym.error.DependencyNotInstalled as e:
+        raise SystemExit(f"{script}: {args.env_id} needs a package that is not installed: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {env.action_space}")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        raise SystemExit(f"{script}: only flat Box observation spaces are supported; {args.env_id} has {env.observation_space}")
+    env.close()
+    return env.observation_space.shape[0], int(env.action_space.n)
 
 
 def make_env(env_id, idx, capture_video, run_name):
@@ -529,25 +559,47 @@ def qrdqn_loss(q_network, obs, actions, target_quantiles):
     return quantile_huber_loss(current, target_quantiles), current.detach().mean()
 
 
-def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, n_quantiles, device="cpu", epsilon=0.04, capture_video=True
-):
-    """Roll out a saved Q-network epsilon-greedily for `eval_episodes` episodes."""
+def make_optimizer(q_network, args):
+    """Adam with sb3-contrib's epsilon (adam_eps), bias-corrected."""
+    return optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+
+
+def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, terminations, gamma, max_grad_norm):
+    """One learner update: target quantiles, quantile Huber loss, gradient clipping, an Adam step.
+    Returns (loss, mean Q of the taken actions)."""
+    with torch.no_grad():
+        target = qrdqn_target(target_network(next_obs), rewards, terminations, gamma)
+    loss, q_values = qrdqn_loss(q_network, obs, actions, target)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(q_network.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss, q_values
+
+
+@torch.no_grad()
+def polyak_update(online, target, tau):
+    """target <- tau * online + (1 - tau) * target, for every parameter (tau = 1 is a hard copy)."""
+    for param, target_param in zip(online.parameters(), target.parameters()):
+        target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
+
+
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, n_quantiles, epsilon=0.04, capture_video=True, seed=1):
+    """Roll out a saved Q-network epsilon-greedily for `eval_episodes` episodes (seeded: a rerun repeats)."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), n_quantiles)
-    model = model.to(device)
-    model.load_state_dict(load_file(model_path, device=str(device)))
-    model.eval()
-    obs, _ = envs.reset()
+    model.load_state_dict(load_file(model_path))  # evaluation runs on the cpu
+    obs, _ = envs.reset(seed=seed)
+    envs.single_action_space.seed(seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         if random.random() < epsilon:
             actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
         else:
             with torch.no_grad():
-                actions = model(torch.Tensor(obs).to(device)).mean(dim=2).argmax(dim=1).cpu().numpy()
+                actions = model(torch.Tensor(obs)).mean(dim=2).argmax(dim=1).numpy()
         obs, _, _, _, infos = envs.step(actions)
         if "final_info" in infos:
             for i in np.flatnonzero(infos["final_info"]["_episode"]):
@@ -561,15 +613,8 @@ def evaluate(
 if __name__ == "__main__":
     script = os.path.basename(__file__)
     args = tyro.cli(Args)
-    check_args(args, script)
+    obs_dim, n_actions = check_args(args, script)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    # env check (before any logging, so a wrong action space stops the run with nothing written)
-    probe_env = make_env(args.env_id, 0, False, run_name)()
-    if not isinstance(probe_env.action_space, gym.spaces.Discrete):
-        raise SystemExit(f"{script}: only discrete action spaces are supported; {args.env_id} has {probe_env.action_space}")
-    obs_dim, n_actions = int(np.prod(probe_env.observation_space.shape)), int(probe_env.action_space.n)
-    probe_env.close()
 
     # TRY NOT TO MODIFY: device, seeding, logging
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -600,9 +645,13 @@ if __name__ == "__main__":
     )
 
     q_network = QNetwork(obs_dim, n_actions, args.n_quantiles).to(device)
-    optimizer = optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    optimizer = make_optimizer(q_network, args)
     target_network = QNetwork(obs_dim, n_actions, args.n_quantiles).to(device)
     target_network.load_state_dict(q_network.state_dict())
+
+    # ALGO LOGIC: the learner's update and its target-network update
+    train = partial(train_step, q_network, target_network, optimizer, gamma=args.gamma, max_grad_norm=args.max_grad_norm)
+    update_target = partial(polyak_update, q_network, target_network, args.tau)
 
     def flat_parameters():  # the layout of q_network_shapes: (weight, bias) per Linear
         return torch.nn.utils.parameters_to_vector(q_network.parameters()).detach().cpu().numpy()
@@ -659,23 +708,10 @@ if __name__ == "__main__":
             b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (
                 torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)
             )
-            with torch.no_grad():
-                target = qrdqn_target(target_network(b_next_obs), b_rewards, b_terminations, args.gamma)
-            loss, q_values = qrdqn_loss(q_network, b_obs, b_actions, target)
-
-            # optimize the model
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(q_network.parameters(), args.max_grad_norm)
-            optimizer.step()
+            loss, q_values = train(b_obs, b_actions, b_rewards, b_next_obs, b_terminations)
             updates += 1
-
-            # update target network
             if updates % args.target_network_frequency == 0:
-                for target_network_param, q_network_param in zip(target_network.parameters(), q_network.parameters()):
-                    target_network_param.data.copy_(
-                        args.tau * q_network_param.data + (1.0 - args.tau) * target_network_param.data
-                    )
+                update_target()
             if updates % args.publish_interval == 0:
                 pool.publish(flat_parameters())
             if device.type == "cuda":
@@ -718,8 +754,8 @@ if __name__ == "__main__":
         save_file({k: v.detach().cpu().contiguous() for k, v in q_network.state_dict().items()}, model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", QNetwork, args.n_quantiles, device=device,
-            epsilon=args.end_e, capture_video=args.capture_video,
+            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", QNetwork, args.n_quantiles,
+            epsilon=args.end_e, capture_video=args.capture_video, seed=args.seed,
         )  # fmt: skip
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -10,16 +10,20 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from tests.helpers import (
     assert_close,
+    assert_first_adam_step,
     assert_rejected,
+    assert_same_weights,
     check_ok,
+    cross_load,
     load_script,
     run_dirs,
     run_script,
     scalars_of_single_run,
+    torch_params,
     torch_params_to_mlx,
 )
 
@@ -247,9 +251,8 @@ def test_encoder_parameter_names_match(twin_encoders):
     assert sorted(k for k, _ in tree_flatten(m_enc.parameters())) == sorted(t_enc.state_dict())
 
 
-def test_loss_gradient_and_step_parity(twin_encoders):
+def test_loss_and_gradient_parity(twin_encoders):
     import mlx.nn as nn
-    import mlx.optimizers as optim
 
     t_enc, m_enc = twin_encoders
     rng = np.random.default_rng(0)
@@ -258,11 +261,7 @@ def test_loss_gradient_and_step_parity(twin_encoders):
     barrier = np.float32(0.8)
 
     t_loss, t_aux = A_TORCH.allo_loss(t_enc, torch.tensor(obs), torch.tensor(duals), torch.tensor(barrier))
-    t_opt = torch.optim.Adam(t_enc.parameters(), lr=1e-2)
-    t_opt.zero_grad()
     t_loss.backward()
-    t_grads = {k: p.grad.clone() for k, p in t_enc.named_parameters()}
-
     loss_and_grad = nn.value_and_grad(m_enc, lambda *a: A_MLX.allo_loss(m_enc, *a))
     (m_loss, m_aux), m_grad_tree = loss_and_grad(mx.array(obs), mx.array(duals), mx.array(barrier))
     assert_close(m_loss, t_loss, what="loss")
@@ -270,18 +269,15 @@ def test_loss_gradient_and_step_parity(twin_encoders):
         assert_close(m, t, what=name)
     assert abs(t_aux[1].item()) > 1e-3 and abs(t_aux[2].item()) > 1e-4  # every term is live
     m_grads = dict(tree_flatten(m_grad_tree))
-    for name, g in t_grads.items():
-        assert_close(m_grads[name], g, atol=1e-5, what=f"grad {name}")
+    for name, p in t_enc.named_parameters():
+        assert_close(m_grads[name], p.grad, atol=1e-5, what=f"grad {name}")
 
-    # one optimizer step, then the multiplier updates (the first barrier update takes E1*E2 whole)
-    t_opt.step()
-    m_opt = optim.Adam(learning_rate=1e-2, bias_correction=True)
-    m_opt.update(m_enc, m_grad_tree)
-    for name, p in dict(tree_flatten(m_enc.parameters())).items():
-        assert_close(p, t_enc.state_dict()[name], atol=1e-5, what=f"param {name} after Adam")
 
+def test_multiplier_updates_against_their_formulas():
+    rng = np.random.default_rng(0)
+    duals, barrier = (0.5 * np.tril(rng.normal(size=(D, D)))).astype(np.float32), np.float32(0.8)
     running = np.zeros((D, D), dtype=np.float32)
-    for step in range(2):
+    for step in range(2):  # the first barrier update takes E1 * E2 whole, later ones a running mean
         quad = (np.tril(rng.normal(size=(D, D))) * 0.3).astype(np.float32)
         m_b, m_run = A_MLX.update_barrier(mx.array(barrier), mx.array(running), mx.array(quad), 0.1, 0.5, 1e4)
         t_b, t_run = A_TORCH.update_barrier(torch.tensor(barrier), torch.tensor(running), torch.tensor(quad), 0.1, 0.5, 1e4)
@@ -296,6 +292,67 @@ def test_loss_gradient_and_step_parity(twin_encoders):
     t_duals = A_TORCH.update_duals(torch.tensor(duals), torch.tensor(errors), 1e-4, 100.0)
     assert_close(m_duals, t_duals, what="duals")
     np.testing.assert_allclose(np.array(m_duals), np.clip(np.tril(duals + 1e-4 * errors), -100, 100), atol=1e-5)
+
+
+def test_full_update_matches_twin_and_formulas(twin_encoders):
+    """One train_step of each script (MLX compiled as the script compiles it) from the same weights,
+    multipliers and batch: the same encoder, duals, barrier and running mean come out, the same losses
+    are returned; and against the formulas: torch's encoder moved by Adam's first step with the
+    authors' settings (lr 1e-3, eps 1e-8), the duals and barrier by their update rules."""
+    from functools import partial
+
+    t_enc, m_enc = twin_encoders
+    args = A_MLX.Args()
+    hp = {k: getattr(args, k) for k in ("lr_duals", "max_duals", "q_error_update_rate", "lr_barrier_coefs", "max_barrier_coefs")}
+    hp["lr_duals"] = 0.05  # the default 1e-4 would move the duals too little to tell a wrong rule from a right one
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-0.5, 0.5, size=(4 * B, 2)).astype(np.float32)
+    init = {
+        "duals": (0.5 * np.tril(rng.normal(size=(D, D)))).astype(np.float32),
+        "barrier": np.float32(0.8),
+        "quadratic_errors": (0.01 * np.tril(rng.normal(size=(D, D)))).astype(np.float32),  # not the first step
+    }
+    with torch.no_grad():
+        _, (graph, dual, barrier_loss, errors, quad) = A_TORCH.allo_loss(
+            t_enc, torch.tensor(obs), *(torch.tensor(init[k]) for k in ("duals", "barrier"))
+        )
+    before = torch_params(t_enc)
+
+    m_opt, t_opt = A_MLX.make_optimizer(m_enc, args), A_TORCH.make_optimizer(t_enc, args)
+    m_mult = {k: mx.array(v) for k, v in init.items()}
+    t_mult = {k: torch.tensor(v) for k, v in init.items()}
+    state = [m_enc.state, m_opt.state, m_mult]
+    m_train = mx.compile(partial(A_MLX.train_step, m_enc, m_opt, m_mult, **hp), inputs=state, outputs=state)
+    m_losses = m_train(mx.array(obs))
+    mx.eval(m_losses, state)
+    t_losses = A_TORCH.train_step(t_enc, t_opt, t_mult, torch.tensor(obs), **hp)
+
+    assert_same_weights(m_enc, t_enc, atol=1e-5, what="encoder")
+    for k in init:
+        assert_close(m_mult[k], t_mult[k], atol=1e-6, what=k)
+    assert_close(m_losses, t_losses, what="losses")
+    np.testing.assert_allclose(t_losses.numpy()[1:], [graph.item(), dual.item(), barrier_loss.item()], rtol=1e-5)
+
+    assert_first_adam_step(
+        before, torch_params(t_enc), {k: p.grad.numpy() for k, p in t_enc.named_parameters()}, lr=1e-3, eps=1e-8
+    )
+    errors, quad = errors.numpy(), quad.numpy()
+    duals = np.clip(np.tril(init["duals"] + hp["lr_duals"] * errors), -hp["max_duals"], hp["max_duals"])
+    running = init["quadratic_errors"] + hp["q_error_update_rate"] * (quad - init["quadratic_errors"])
+    barrier = np.clip(init["barrier"] + hp["lr_barrier_coefs"] * np.maximum(running, 0).mean(), 0, hp["max_barrier_coefs"])
+    assert np.abs(duals - init["duals"]).max() > 1e-3 and abs(barrier - init["barrier"]) > 1e-5  # the check can fail
+    np.testing.assert_allclose(t_mult["duals"].numpy(), duals, atol=1e-6)
+    np.testing.assert_allclose(t_mult["quadratic_errors"].numpy(), running, atol=1e-7)
+    np.testing.assert_allclose(t_mult["barrier"].numpy(), barrier, atol=1e-7)
+
+
+def test_saved_encoder_loads_in_the_other_framework(twin_encoders, tmp_path):
+    t_enc, m_enc = twin_encoders
+    m_enc.update(tree_map(lambda p: p + 0.5, m_enc.parameters()))  # the twins now differ: each file must carry its own
+    mx.eval(m_enc.parameters())
+    fresh_m, fresh_t = cross_load(m_enc, t_enc, A_MLX.Encoder(2, D, (32, 32)), A_TORCH.Encoder(2, D, (32, 32)), tmp_path)
+    assert_same_weights(fresh_m, t_enc, atol=0)
+    assert_same_weights(m_enc, fresh_t, atol=0)
 
 
 # --- runs of the scripts -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zlib
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -20,7 +21,19 @@ import torch
 from mlx.utils import tree_flatten
 
 from tests.helpers import DEFAULT_DIRS as DIRS
-from tests.helpers import assert_close, load_script, script_path, torch_params_to_mlx
+from tests.helpers import (
+    assert_close,
+    assert_first_adam_step,
+    assert_polyak,
+    assert_same_weights,
+    cross_load,
+    load_script,
+    mlx_params,
+    replay_batch,
+    script_path,
+    torch_params,
+    torch_params_to_mlx,
+)
 
 NAME = "qrdqn_actor_learner"
 # Spawned actors unpickle their target by module name, so the MLX script is imported as a module here.
@@ -101,6 +114,63 @@ def test_targets_loss_and_gradients_match_twin(twins):
     m_flat = dict(tree_flatten(m_grads))
     for name, p in t_net.named_parameters():
         assert_close(m_flat[name], p.grad, atol=1e-5, what=f"grad {name}")
+
+
+def test_full_update_matches_twin_and_adam_formula(twins):
+    """One train_step of each script (MLX compiled as the script compiles it) with the scripts' own
+    optimizers and default Args, from the same weights and batch: the same weights come out and the same
+    stats; and torch's step is Adam's first step with rl-zoo's settings (lr 2.3e-3, eps 0.01 / 32)."""
+    t_net, t_target, m_net, m_target = twins
+    args = M.Args()
+    obs, actions, rewards, next_obs, terminations = replay_batch(4, B, OBS_DIM, N_ACTIONS)
+    before = torch_params(t_net)
+
+    m_opt, t_opt = M.make_optimizer(m_net, args), T.make_optimizer(t_net, args)
+    state = [m_net.state, m_target.state, m_opt.state]
+    # the quantile Huber gradient is bounded (norm ~2 here), below the default max_grad_norm 10: a smaller
+    # norm makes the clipping act, so a step that skipped it would fail
+    hp = {"gamma": args.gamma, "max_grad_norm": 0.5}
+    m_train = mx.compile(partial(M.train_step, m_net, m_target, m_opt, **hp), inputs=state, outputs=state)
+    m_loss, m_q = m_train(*(mx.array(x) for x in (obs, actions, rewards, next_obs, terminations)))
+    mx.eval(m_loss, m_q, state)
+    t_loss, t_q = T.train_step(
+        t_net, t_target, t_opt, *(torch.as_tensor(x) for x in (obs, actions, rewards, next_obs, terminations)), **hp
+    )
+
+    assert_same_weights(m_net, t_net, atol=1e-5, what="q_network")
+    assert_same_weights(m_target, t_target, atol=0, what="target_network (untouched)")
+    assert_close(m_loss, t_loss, what="loss")
+    assert_close(m_q, t_q, what="q_values")
+    grads = {k: p.grad.numpy() for k, p in t_net.named_parameters()}
+    norm = np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads.values()))
+    assert abs(norm - 0.5) < 1e-4, f"gradient norm {norm} was not clipped to 0.5"
+    assert_first_adam_step(before, torch_params(t_net), grads, lr=2.3e-3, eps=0.01 / 32)
+
+
+@pytest.mark.parametrize("framework", ["mlx", "torch"])
+def test_target_update_is_polyak(twins, framework):
+    t_net, t_target, m_net, m_target = twins
+    online, target = (m_net, m_target) if framework == "mlx" else (t_net, t_target)
+    params = mlx_params if framework == "mlx" else torch_params
+    online_before, target_before = params(online), params(target)
+    if framework == "mlx":  # compiled over the modules' state, as the script does
+        state = [m_net.state, m_target.state]
+        mx.compile(partial(M.polyak_update, m_net, m_target, 0.3), inputs=state, outputs=state)()
+        mx.eval(state)
+    else:
+        T.polyak_update(t_net, t_target, 0.3)
+    assert_polyak(online_before, target_before, params(target), 0.3)
+    np.testing.assert_array_equal(params(online)["network.0.weight"], online_before["network.0.weight"])
+
+
+def test_saved_weights_load_in_the_other_framework(twins, tmp_path):
+    t_net, t_target, m_net, _ = twins
+    torch_params_to_mlx(t_target, m_net)  # the twins now hold different weights: each file must carry its own
+    fresh_m, fresh_t = cross_load(
+        m_net, t_net, M.QNetwork(OBS_DIM, N_ACTIONS, N_QUANTILES), T.QNetwork(OBS_DIM, N_ACTIONS, N_QUANTILES), tmp_path
+    )
+    assert_same_weights(fresh_m, t_net, atol=0)
+    assert_same_weights(m_net, fresh_t, atol=0)
 
 
 def test_actor_numpy_policy_matches_both_networks(twins):
