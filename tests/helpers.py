@@ -13,7 +13,10 @@ from benchmark.tbutil import read_scalars
 
 def script_command(name, framework, *args, env=None) -> tuple[list[str], dict]:
     """The command line and environment that run `<name>_<framework>.py args` as the tests do."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+    # a wandb.init() earlier in this test process leaves WANDB_SERVICE set: a child that inherits it logs
+    # through that process's service, which may not have written the child's run when the child exits
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_SERVICE", "_WANDB"))}
+    full_env = {**inherited, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
     return [sys.executable, str(script_path(name, framework)), *map(str, args)], full_env
 
 
@@ -197,3 +200,19 @@ def assert_polyak(online_before: dict, target_before: dict, target_after: dict, 
         swapped = (1 - tau) * online_before[name] + tau * t
         assert not np.allclose(expected, swapped, atol=atol), f"{name}: online == target, the check cannot fail"
         np.testing.assert_allclose(target_after[name], expected, atol=atol, rtol=1e-5, err_msg=f"polyak {name}")
+
+
+def trainable(module) -> dict:
+    """Trainable parameters (no buffers such as the actors' action scale) as numpy, from either twin."""
+    if hasattr(module, "named_parameters"):
+        return {k: v.detach().cpu().numpy().copy() for k, v in module.named_parameters()}
+    from mlx.utils import tree_flatten
+
+    return {k: np.array(v) for k, v in tree_flatten(module.trainable_parameters())}
+
+
+def check_polyak_update(script, online, target, tau=0.3):
+    """Run a script's own `polyak_update(online, target, tau)` and hold the result to the formula."""
+    online_before, target_before = trainable(online), trainable(target)
+    script.polyak_update(online, target, tau)
+    assert_polyak(online_before, target_before, trainable(target), tau)

@@ -58,7 +58,10 @@ CASES = [
     *[(n, ["--env-id", "Pendulum-v1"], "only discrete action spaces") for n in DISCRETE if n != "a2c"],
     *[(n, ["--env-id", "CartPole-v1"], "only continuous") for n in CONTINUOUS],
     *[(n, ["--learning-starts", "500", "--total-timesteps", "500"], "--learning-starts") for n in ["sac", "td3", "ddpg"]],
-    *[(n, ["--exploration-fraction", "-0.5"], "--exploration-fraction must be in (0, 1]") for n in ["dqn", "c51", "qrdqn", "dqn_atari"]],
+    *[
+        (n, ["--exploration-fraction", "-0.5"], "--exploration-fraction must be in (0, 1]")
+        for n in ["dqn", "c51", "qrdqn", "dqn_atari"]
+    ],
     ("ppo", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
     ("ppo", ["--total-timesteps", "100"], "less than one rollout"),
     ("ppo_continuous_action", ["--num-steps", "100", "--num-minibatches", "32"], "not divisible"),
@@ -75,7 +78,7 @@ CASES = [
     ("qrdqn", ["--gradient-steps", "0"], "must be positive"),
     ("qrdqn", ["--total-timesteps", "500"], "--learning-starts"),
     ("qrdqn_actor_learner", ["--num-actors", "-1"], "--num-actors must be 0"),
-    ("qrdqn_actor_learner", ["--total-timesteps", "500"], "leaves no steps to learn from"),
+    ("qrdqn_actor_learner", ["--total-timesteps", "500"], "--learning-starts 1000 must be less than --total-timesteps 500"),
     ("allo", ["--env-id", "GridRoom-5"], "unknown layout"),
     ("allo", ["--layout-file", "no/such/layout.txt"], "cannot read --layout-file"),
     ("allo", ["--env-id", "GridRoomSmallAsym-1", "--d", "31"], "number of free cells (30)"),

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, check_ok, episodic_returns, run_dirs, run_script, scalars_of_single_run
+from tests.helpers import REPO, check_ok, run_dirs, run_script, scalars_of_single_run
 
 # Tiny-budget arguments per script; each pair adds its line here. A key "name:variant" runs script
 # `name` once more with other arguments (e.g. the continuous head of a script that has both).
