@@ -1,6 +1,6 @@
-"""Every script, both twins, on a tiny budget: a plain run with --track under WANDB_MODE=offline, and two
-same-seed runs with --save-model (which runs evaluation; the first also with --capture-video) that must
-save the same weights; MuJoCo runs of the continuous-control scripts; the BLAS opt-out."""
+"""Every script, both twins, on a tiny budget: two same-seed runs with --save-model (which runs
+evaluation), one with --capture-video and one with --track under WANDB_MODE=offline, that must save the
+same weights; MuJoCo runs of the continuous-control scripts; the BLAS opt-out."""
 
 import re
 import subprocess
@@ -61,35 +61,24 @@ def script(case: str) -> str:
 
 
 @pytest.mark.parametrize("name,framework", CASES)
-def test_runs_logs_and_tracks_offline(name, framework, tmp_path):
-    """A plain run with --track under WANDB_MODE=offline: the tags are logged, and the W&B run holds the
-    config keys a dashboard filters on and the synced TensorBoard metrics."""
-    proc = run_script(script(name), framework, *SMOKE[name], "--track", cwd=tmp_path, env={"WANDB_SILENT": "true"})
-    check_ok(proc)
-    scalars = scalars_of_single_run(tmp_path)
-    for tag in ("charts/SPS", "timing/update_us"):
-        assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
-    assert "eval/episodic_return" not in scalars
-    (offline_run,) = (tmp_path / "wandb").glob("offline-run-*")
-    (record,) = offline_run.glob("*.wandb")
-    data = record.read_bytes()
-    env_id = SMOKE[name][SMOKE[name].index("--env-id") + 1] if "--env-id" in SMOKE[name] else "BreakoutNoFrameskip-v4"
-    assert b"charts/SPS" in data and b"framework" in data and framework.encode() in data
-    assert f"{script(name)}__{env_id}".encode() in data, "the W&B group is {algo}__{env_id}"
-
-
-@pytest.mark.parametrize("name,framework", CASES)
-def test_same_seed_same_run_then_evaluate(name, framework, tmp_path):
-    """Twice with the same seed and --save-model (the first also with --capture-video): the saved weights
-    are the same bytes and the logged returns and losses the same numbers; evaluation ran, and the video
-    run wrote videos (recording must not change what is learned)."""
+def test_same_seed_same_run_tracked_recorded_evaluated(name, framework, tmp_path):
+    """Twice with the same seed and --save-model, the first also with --capture-video, the second with
+    --track under WANDB_MODE=offline: the saved weights are the same bytes and the logged returns and
+    losses the same numbers (recording and tracking change nothing that is learned); the timing tags
+    are logged, evaluation ran, the first run wrote videos, and the W&B run holds the config keys a
+    dashboard filters on and the synced TensorBoard metrics."""
     runs = []
-    for sub, extra in (("a", ["--capture-video"] if name in VIDEO else []), ("b", [])):
+    for sub, extra in (("a", ["--capture-video"] if name in VIDEO else []), ("b", ["--track"])):
         (tmp_path / sub).mkdir()
-        check_ok(run_script(script(name), framework, *SMOKE[name], "--save-model", *extra, cwd=tmp_path / sub))
+        proc = run_script(
+            script(name), framework, *SMOKE[name], "--save-model", *extra, cwd=tmp_path / sub, env={"WANDB_SILENT": "true"}
+        )
+        check_ok(proc)
         (run_dir,) = run_dirs(tmp_path / sub)
         (weights,) = run_dir.glob("*.safetensors")
         scalars = scalars_of_single_run(tmp_path / sub)
+        for tag in ("charts/SPS", "timing/update_us"):
+            assert tag in scalars, f"{tag} not logged; got {sorted(scalars)}"
         logged = {k: [v for _, v in vals] for k, vals in scalars.items() if k.startswith(("charts/episodic", "losses/", "eval/"))}
         runs.append((weights.read_bytes(), logged, run_dir))
     assert runs[0][0] == runs[1][0], "same seed, different weights"
@@ -102,6 +91,12 @@ def test_same_seed_same_run_then_evaluate(name, framework, tmp_path):
     if name in VIDEO:
         videos = list((tmp_path / "a" / "videos").rglob("*.mp4"))
         assert videos and all(v.stat().st_size > 0 for v in videos), "--capture-video wrote no video"
+    (offline_run,) = (tmp_path / "b" / "wandb").glob("offline-run-*")
+    (record,) = offline_run.glob("*.wandb")
+    data = record.read_bytes()
+    env_id = SMOKE[name][SMOKE[name].index("--env-id") + 1] if "--env-id" in SMOKE[name] else "BreakoutNoFrameskip-v4"
+    assert b"charts/SPS" in data and b"framework" in data and framework.encode() in data
+    assert f"{script(name)}__{env_id}".encode() in data, "the W&B group is {algo}__{env_id}"
 
 
 def check_obs_rms_saved(run_dir):
