@@ -129,3 +129,17 @@ def test_weights_round_trip_both_ways(twins, tmp_path):
     fresh_m, fresh_t = cross_load(m_net, t_net, D_MLX.QNetwork(N_ACTIONS), D_TORCH.QNetwork(N_ACTIONS), tmp_path)
     assert_close(m_net(mx.array(obs)), fresh_t(torch.tensor(obs)), what="torch <- mlx file")
     assert_close(fresh_m(mx.array(obs)), t_net(torch.tensor(obs)), what="mlx <- torch file")
+
+
+@pytest.mark.parametrize("framework", ["mlx", "torch"])
+def test_evaluation_uses_end_e(framework):
+    """CleanRL's dqn_atari evaluates the saved model with epsilon = end_e (0.01), not evaluate's default."""
+    import ast
+
+    from tests.helpers import script_path
+
+    tree = ast.parse(script_path("dqn_atari", framework).read_text())
+    (main,) = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    calls = [n for n in ast.walk(main) if isinstance(n, ast.Call) and ast.unparse(n.func) == "evaluate"]
+    assert len(calls) == 1
+    assert {k.arg: ast.unparse(k.value) for k in calls[0].keywords}.get("epsilon") == "args.end_e"
