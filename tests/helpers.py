@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -211,8 +212,65 @@ def trainable(module) -> dict:
     return {k: np.array(v) for k, v in tree_flatten(module.trainable_parameters())}
 
 
-def check_polyak_update(script, online, target, tau=0.3):
-    """Run a script's own `polyak_update(online, target, tau)` and hold the result to the formula."""
+def torch_grads(module) -> dict:
+    """The gradients torch's last backward (and clipping) left in `p.grad`, as numpy."""
+    return {name: p.grad.detach().cpu().numpy().copy() for name, p in module.named_parameters()}
+
+
+def check_polyak_update(script, online, target, tau=0.3, compiled_state=None):
+    """Run a script's own `polyak_update(online, target, tau)` (MLX: compiled over `compiled_state`, as the
+    script runs it, when given) and hold the result to the formula."""
     online_before, target_before = trainable(online), trainable(target)
-    script.polyak_update(online, target, tau)
+    if compiled_state is None:
+        script.polyak_update(online, target, tau)
+    else:
+        import mlx.core as mx
+
+        mx.compile(partial(script.polyak_update, online, target, tau), inputs=compiled_state, outputs=compiled_state)()
     assert_polyak(online_before, target_before, trainable(target), tau)
+
+
+def check_actor_critic_targets(t, m, before, update_actor, tau, lr):
+    """After one actor-critic train_step (td3, ddpg) from the weights `before`: torch's first Adam step of the
+    network trained last (the critic's p.grad also collects the actor loss's gradient), and in both twins the
+    Polyak update of both targets with the actor step, untouched targets without it."""
+    trained = "actor" if update_actor else "qf"
+    assert_first_adam_step(before[trained], trainable(t[trained]), torch_grads(t[trained]), lr=lr, eps=1e-8)
+    for online, target in (("actor", "target_actor"), ("qf", "qf_target")):
+        for nets in (t, m):
+            if update_actor:
+                assert_polyak(trainable(nets[online]), before[target], trainable(nets[target]), tau)
+            else:
+                assert all(np.array_equal(v, before[target][k]) for k, v in trainable(nets[target]).items())
+
+
+def check_ppo_full_updates(m_script, t_script, m_agent, t_agent, batch, minibatch, lr, stat_names, atol=1e-5):
+    """PPO's train_step as the scripts run it (the minibatch gathered from the batch, loss, gradients, clipping,
+    the scripts' own Adam from their default Args; MLX compiled), 3 updates: the same loss terms and weights in
+    both twins after each. Against the formula: torch's first step is Adam's first step (lr, eps 1e-5) on
+    gradients clipped to a global norm of 0.5. `batch` is a pair (MLX arrays, torch tensors)."""
+    import mlx.core as mx
+    import torch
+
+    args = m_script.Args()
+    coefs = dict(max_grad_norm=args.max_grad_norm, clip_coef=args.clip_coef, ent_coef=args.ent_coef, vf_coef=args.vf_coef)
+    coefs.update(norm_adv=args.norm_adv, clip_vloss=args.clip_vloss)
+    t_opt = t_script.make_optimizer(t_agent, t_script.Args())
+    m_opt = m_script.make_optimizer(m_agent, args)
+    state = [m_agent.state, m_opt.state]
+    m_train = mx.compile(partial(m_script.train_step, m_agent, m_opt, **coefs), inputs=state, outputs=state)
+    m_batch, t_batch = batch
+    size = len(np.asarray(m_batch[0]))
+    for step in range(3):
+        mb_inds = np.random.default_rng(step).permutation(size)[:minibatch]
+        before = torch_params(t_agent)
+        t_stats = t_script.train_step(t_agent, t_opt, torch.tensor(mb_inds), *t_batch, **coefs)
+        m_stats = m_train(mx.array(mb_inds), *m_batch)
+        mx.eval(m_stats, state)
+        assert_same_weights(m_agent, t_agent, atol=atol, what=f"update {step}")
+        for name, m, t in zip(stat_names, m_stats, t_stats):
+            assert_close(m, t, what=f"{name} of update {step}")
+        if step == 0:
+            grads = torch_grads(t_agent)
+            np.testing.assert_allclose(np.sqrt(sum((g**2).sum() for g in grads.values())), 0.5, rtol=1e-4)
+            assert_first_adam_step(before, torch_params(t_agent), grads, lr=lr, eps=1e-5)

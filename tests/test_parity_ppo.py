@@ -2,8 +2,6 @@
 gradients; one full update (train_step with the scripts' own optimizer) leaves the same weights, and is
 Adam's first step; the MLX GAE equals an independent reference."""
 
-from functools import partial
-
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -13,11 +11,9 @@ from mlx.utils import tree_flatten
 
 from tests.helpers import (
     assert_close,
-    assert_first_adam_step,
-    assert_same_weights,
+    check_ppo_full_updates,
     cross_load,
     load_script,
-    torch_params,
     torch_params_to_mlx,
 )
 
@@ -106,27 +102,8 @@ def test_full_updates_match_and_the_first_is_adams(twins):
     Against the formula: torch's first step is Adam's first step with CleanRL's lr 2.5e-4 and eps 1e-5, on
     gradients clipped to a global norm of 0.5."""
     t_agent, m_agent = twins
-    args = P_MLX.Args()
-    coefs = dict(max_grad_norm=args.max_grad_norm, clip_coef=args.clip_coef, ent_coef=args.ent_coef, vf_coef=args.vf_coef)
-    coefs.update(norm_adv=args.norm_adv, clip_vloss=args.clip_vloss)
-    t_opt = P_TORCH.make_optimizer(t_agent, P_TORCH.Args())
-    m_opt = P_MLX.make_optimizer(m_agent, args)
-    state = [m_agent.state, m_opt.state]
-    m_train = mx.compile(partial(P_MLX.train_step, m_agent, m_opt, **coefs), inputs=state, outputs=state)
     batch = make_batch(seed=10, size=4 * B)
-    for step in range(3):
-        mb_inds = np.random.default_rng(step).permutation(4 * B)[:B]
-        before = torch_params(t_agent)
-        t_stats = P_TORCH.train_step(t_agent, t_opt, torch.tensor(mb_inds), *as_torch(batch), **coefs)
-        m_stats = m_train(mx.array(mb_inds), *as_mlx(batch))
-        mx.eval(m_stats, state)
-        assert_same_weights(m_agent, t_agent, atol=1e-5, what=f"update {step}")
-        for name, m, t in zip(STATS, m_stats, t_stats):
-            assert_close(m, t, what=f"{name} of update {step}")
-        if step == 0:
-            grads = {name: p.grad.numpy().copy() for name, p in t_agent.named_parameters()}
-            np.testing.assert_allclose(np.sqrt(sum((g**2).sum() for g in grads.values())), 0.5, rtol=1e-4)
-            assert_first_adam_step(before, torch_params(t_agent), grads, lr=2.5e-4, eps=1e-5)
+    check_ppo_full_updates(P_MLX, P_TORCH, m_agent, t_agent, (as_mlx(batch), as_torch(batch)), B, 2.5e-4, STATS)
 
 
 def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):

@@ -15,12 +15,12 @@ from mlx.utils import tree_flatten
 from tests.helpers import (
     assert_close,
     assert_first_adam_step,
-    assert_polyak,
     assert_same_weights,
+    check_polyak_update,
     cross_load,
     load_script,
-    mlx_params,
     replay_batch,
+    torch_grads,
     torch_params,
     torch_params_to_mlx,
 )
@@ -139,17 +139,13 @@ def test_full_update_matches_twin_and_formulas(twins):
         for m, t, what in zip(m_stats, t_stats, ("loss", "mean quantile")):
             assert_close(m, t, what=f"{what} at step {i}")
         if i == 0:
-            grads = {name: p.grad.numpy().copy() for name, p in t_q.named_parameters()}
+            grads = torch_grads(t_q)
             assert_first_adam_step(before, torch_params(t_q), grads, lr=2.3e-3, eps=0.01 / 64)
     assert_same_weights(m_q, t_q, atol=1e-5, what="online")
     assert_same_weights(m_target, t_target, atol=0, what="target (untouched by train_step)")
 
-    tau = 0.3
-    t_online, t_before, m_online, m_before = torch_params(t_q), torch_params(t_target), mlx_params(m_q), mlx_params(m_target)
-    Q_TORCH.polyak_update(t_q, t_target, tau)
-    mx.compile(partial(Q_MLX.polyak_update, m_q, m_target, tau), inputs=state, outputs=state)()
-    assert_polyak(t_online, t_before, torch_params(t_target), tau)
-    assert_polyak(m_online, m_before, mlx_params(m_target), tau)
+    check_polyak_update(Q_TORCH, t_q, t_target)
+    check_polyak_update(Q_MLX, m_q, m_target, compiled_state=state)
     assert_same_weights(m_target, t_target, atol=1e-5, what="target")
 
 
