@@ -1,12 +1,12 @@
 """Tables and plots from a sweep's TensorBoard logs.
 
-    python -m benchmark.report benchmark/runs/<tag> [--out benchmark/results/<tag>] [--readme]
+    python -m benchmark.report benchmark/runs/<tag> [--out benchmark/results/<tag>] [--track]
 
 Writes results.md, results.csv, machine.json and PNGs (learning curves, SPS bars, time breakdown).
 Per script, env and variant: final return as CleanRL reports it (mean ± std over seeds of each run's
 last-100-episode average), median SPS, wall time, the MLX/torch SPS ratio, the timing/* breakdown
-(µs per env step) and CleanRL's published return where the registry has one. `--readme` then rewrites
-README.md's results block from every results folder (see benchmark/readme.py).
+(µs per env step) and CleanRL's published return where the registry has one. Then
+`python -m benchmark.docs` rewrites the README's and the docs pages' results blocks from every folder.
 """
 
 import argparse
@@ -17,14 +17,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from benchmark.machine import describe
+from benchmark.pairs import RESULTS_DIR
 from benchmark.registry import published_for
 from benchmark.run import log_tail
-from benchmark.scripts import REPO
-from benchmark.tbutil import read_scalars
 
-RESULTS_DIR = REPO / "benchmark" / "results"
 TIMING_TAGS = ("timing/env_us", "timing/inference_us", "timing/update_us")
 LAST_EPISODES = 100
 COLUMNS = [
@@ -33,6 +32,16 @@ COLUMNS = [
     "env_us", "inference_us", "update_us",
     "published_return", "published_std", "published_steps", "failed_runs",
 ]  # fmt: skip
+
+
+def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """All scalar tags of one run directory as {tag: [(global_step, value), ...]} in logging order."""
+    run_dir = Path(run_dir)
+    if not any(run_dir.glob("events.out.tfevents.*")):
+        raise FileNotFoundError(f"no TensorBoard event file in {run_dir}")
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def parse_log(text: str) -> dict:
@@ -317,7 +326,6 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.split("\n\n")[0])
     p.add_argument("sweep_dir", type=Path, help="benchmark/runs/<tag>")
     p.add_argument("--out", type=Path, help="default: benchmark/results/<tag>")
-    p.add_argument("--readme", action="store_true", help="then rewrite README.md's results block from benchmark/results/*")
     p.add_argument("--track", action="store_true", help="also upload the runs to W&B (grouped by algo/env, split by framework)")
     p.add_argument("--wandb-project-name", default="cleanrl-mlx")
     p.add_argument("--wandb-entity")
@@ -325,12 +333,7 @@ def main(argv=None):
     out_dir = opts.out or RESULTS_DIR / opts.sweep_dir.resolve().name
     rows = write_report(opts.sweep_dir, out_dir)
     print(table_md(rows))
-    print(f"benchmark.report: wrote {out_dir}/results.md, results.csv and plots")
-    if opts.readme:
-        from benchmark.readme import update_readme
-
-        dirs = sorted(p.parent for p in RESULTS_DIR.glob("*/results.csv"))
-        update_readme(dirs if out_dir.resolve() in [d.resolve() for d in dirs] else [*dirs, out_dir])
+    print(f"benchmark.report: wrote {out_dir}/results.md, results.csv and plots (then: python -m benchmark.docs)")
     if opts.track:
         upload_wandb(load_sweep(opts.sweep_dir), opts.wandb_project_name, opts.wandb_entity)
 

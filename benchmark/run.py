@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 from benchmark.machine import machine_info, peak_rss_mb
+from benchmark.pairs import DEFAULT_DIRS, FRAMEWORKS, REPO, check_scripts, discover, script_path
 from benchmark.registry import bench_for
-from benchmark.scripts import DEFAULT_DIRS, FRAMEWORKS, REPO, check_scripts, discover, script_path
 
 RUNS_DIR = REPO / "benchmark" / "runs"
 BLAS_CHOICES = ("openblas", "bundled")

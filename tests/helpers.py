@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.scripts import DEFAULT_DIRS, REPO, load_script, script_path  # noqa: F401 (shared with benchmark/; re-exported)
-from benchmark.tbutil import read_scalars
+from benchmark.pairs import DEFAULT_DIRS, REPO, load_script, script_path  # noqa: F401 (shared with benchmark/; re-exported)
+from benchmark.report import read_scalars
 
 
 def script_command(name, framework, *args, env=None) -> tuple[list[str], dict]:

@@ -137,10 +137,10 @@ def test_one_million_transitions_array_sizes():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is read from /proc")
 def test_one_million_transitions_fit_in_8_gb():
-    """Measured, not added up: benchmark.atari_memory fills the script's buffer at its default size with
+    """Measured, not added up: benchmark.micro.atari_memory fills the script's buffer at its default size with
     1.1M transitions (synthetic 84x84 frames, every page written, the ring wrapped), samples batches for
     the Q-network, and reports the peak resident memory (VmHWM) of that fresh process."""
-    cmd = [sys.executable, "-m", "benchmark.atari_memory", "--child", "mlx"]
+    cmd = [sys.executable, "-m", "benchmark.micro.atari_memory", "--child", "mlx"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import tyro
 
-from benchmark.scripts import discover
+from benchmark.pairs import discover
 from tests.helpers import assert_rejected, load_script, run_script
 
 PAIRS = discover()

@@ -1,5 +1,5 @@
-"""benchmark/: the runner (sweeps, errors, failed runs, Ray), the report's numbers and files, the README
-block, and the micro-benchmark. Fake script pairs (tiny programs that log known scalars) make the
+"""benchmark/: the runner (sweeps, errors, failed runs, Ray), the report's numbers and files, the generated
+README/docs blocks, and the micro-benchmarks. Fake script pairs (tiny programs that log known scalars) make the
 report's arithmetic checkable exactly; one real PPO sweep checks it end to end."""
 
 import csv
@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from benchmark import readme, report
+from benchmark import docs, report
 from benchmark import run as bench_run
-from benchmark.tbutil import read_scalars
+from benchmark.report import read_scalars
 
 # A fake twin: logs 150 episodes with returns seed*1000 + 0..149 and fixed SPS/timing values that
 # depend on the framework; the MLX side fails on seed 2 after printing a recognisable line; the torch
@@ -203,13 +203,16 @@ def test_report_on_a_real_ppo_sweep(tmp_path):
     assert machine["cpu"] in md and f"mlx {machine['mlx']}" in md and f"BLAS {rows[0]['blas']}" in md
     assert f"| {rows[0]['sps_median']:.0f} |" in md and "490.04 ± 6.12 (at 500,000 steps)" in md
 
-    page = tmp_path / "README.md"
-    page.write_text("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
-    readme.update_readme([out], page)
-    text = page.read_text()
+    # the generated README row and docs table come from these files, numbers included
+    results = docs.load_results(tmp)
+    readme_row = docs.readme_block(results, ["ppo"]).splitlines()[2]
+    assert f"| CartPole-v1 | 2,048 | {rows[0]['return_mean']:.1f} | {rows[1]['return_mean']:.1f} |" in readme_row
+    assert f"| {rows[0]['sps_ratio_vs_torch']:.2f} | {machine['cpu']}, {machine['cores']} cores" in readme_row
+    assert "490.04 ± 6.12 (at 500,000 steps)" in readme_row
+    page = docs.docs_block(results, "ppo")
+    assert f"| mlx | 1 | {rows[0]['return_mean']:.1f} ± 0.0 |" in page and "curves_ppo__CartPole-v1.png" in page
+    text = docs.replace_block("# x\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n", page, tmp_path)
     assert "old" not in text and text.endswith("<!-- results:end -->\n\nafter\n")
-    assert f"torch {machine['torch']}" in text and f"BLAS {rows[0]['blas']}" in text
-    assert f"| ppo | CartPole-v1 | 2,048 | mlx | {rows[0]['blas']} | 1 |" in text
 
 
 # ---------------------------------------------------------------- Ray
@@ -235,7 +238,7 @@ def test_ray_backend_runs_the_same_sweep(tmp_path):
 def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
     import torch
 
-    from benchmark import microbench
+    from benchmark.micro import update_step as microbench
 
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored afterwards
     monkeypatch.delenv("CLEANRL_MLX_BLAS", raising=False)
@@ -279,7 +282,7 @@ def test_report_track_uploads_offline_grouped_by_algo_env(fake_dirs, tmp_path, m
 def test_atari_memory_measures_the_filled_buffer(tmp_path):
     """dqn_atari's default buffer (1M) with 30k transitions written: the written frames (~200 MB) are
     resident, the naive obs+next_obs layout is 8x the frame store, and the table shows both twins."""
-    from benchmark import atari_memory
+    from benchmark.micro import atari_memory
 
     assert atari_memory.main(["--transitions", "30000", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
@@ -295,7 +298,7 @@ def test_atari_memory_measures_the_filled_buffer(tmp_path):
 def test_micro_mlx_cpu_reports_every_cost():
     import torch
 
-    from benchmark import micro_mlx_cpu
+    from benchmark.micro import mlx_cpu_ops as micro_mlx_cpu
 
     threads = torch.get_num_threads()
     try:

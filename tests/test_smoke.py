@@ -134,7 +134,7 @@ def test_mlx_scripts_do_not_import_torch():
     script hides it while importing tensorboardX, so its start-up and memory are MLX's own."""
     code = (
         "import sys\n"
-        "from benchmark.scripts import discover, load_script\n"
+        "from benchmark.pairs import discover, load_script\n"
         "for name in discover():\n"
         "    load_script(name, 'mlx')\n"
         "    assert 'torch' not in sys.modules, name + ' imported torch'\n"

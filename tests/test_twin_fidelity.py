@@ -21,7 +21,7 @@ import tokenize
 
 import pytest
 
-from benchmark.scripts import discover, script_path
+from benchmark.pairs import discover, script_path
 
 PAIRS = discover()
 

@@ -6,7 +6,7 @@ its default size (the script's `Args().buffer_size`) with 1M+ transitions of syn
 episodes of random length, samples training batches from it and runs the twin's Q-network on them, then
 reports the process's peak RSS. Each twin runs in a fresh process (`--child`), one after the other.
 
-Usage: python -m benchmark.atari_memory [--transitions N] [--out benchmark/results/atari-memory]
+Usage: python -m benchmark.micro.atari_memory [--transitions N] [--out benchmark/results/atari-memory]
 """
 
 import argparse
@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.machine import describe, machine_info, peak_rss_mb
-from benchmark.report import RESULTS_DIR
-from benchmark.scripts import load_script
+from benchmark.pairs import RESULTS_DIR, load_script
 
 SCRIPT = "dqn_atari"
 FRAME = (84, 84)
@@ -80,7 +79,7 @@ def table_md(rows, machine) -> str:
     lines = [
         f"# Benchmark: {SCRIPT} memory with the default replay buffer, full",
         "",
-        f"Machine: {describe(machine)}. Command: `python -m benchmark.atari_memory` (each twin in a fresh "
+        f"Machine: {describe(machine)}. Command: `python -m benchmark.micro.atari_memory` (each twin in a fresh "
         "process: the buffer at its default size filled with synthetic 84x84 frames in episodes of random "
         "length, then sampled and fed to the Q-network). Peak RSS: the process's maximum resident memory.",
         "",
@@ -97,7 +96,7 @@ def table_md(rows, machine) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmark.atari_memory", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark.micro.atari_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--transitions", type=int, default=None, help="transitions to add (default: 1.1 x the buffer size)")
     p.add_argument("--frameworks", nargs="+", default=["mlx", "torch"])
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "atari-memory")
@@ -108,18 +107,18 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for fw in opts.frameworks:
-        cmd = [sys.executable, "-m", "benchmark.atari_memory", "--child", fw]
+        cmd = [sys.executable, "-m", "benchmark.micro.atari_memory", "--child", fw]
         cmd += ["--transitions", str(opts.transitions)] if opts.transitions else []
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if proc.returncode != 0:
-            raise SystemExit(f"benchmark.atari_memory: the {fw} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            raise SystemExit(f"benchmark.micro.atari_memory: the {fw} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{fw}: peak RSS {rows[-1]['peak_rss_mb']:,.0f} MB", flush=True)
     opts.out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     (opts.out / "results.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     (opts.out / "results.md").write_text(table_md(rows, machine))
-    print(f"benchmark.atari_memory: wrote {opts.out / 'results.md'}")
+    print(f"benchmark.micro.atari_memory: wrote {opts.out / 'results.md'}")
     return 0
 
 

@@ -5,7 +5,7 @@
 - gather and scatter-add per element (C51's projection scatters 2 x 128 x 101 values);
 - one greedy action of dqn's Q-network (4-120-84-2) in MLX (compiled) and in torch (eager).
 
-Usage: OMP_NUM_THREADS=1 python -m benchmark.micro_mlx_cpu [--calls 2000]
+Usage: OMP_NUM_THREADS=1 python -m benchmark.micro.mlx_cpu_ops [--calls 2000]
 """
 
 import argparse
@@ -14,7 +14,7 @@ from functools import partial
 
 import numpy as np
 
-from benchmark.scripts import load_script
+from benchmark.pairs import load_script
 
 D_MLX = load_script("dqn", "mlx")  # its OpenBLAS block runs before MLX is imported
 D_TORCH = load_script("dqn", "torch")
@@ -31,7 +31,7 @@ def us_per_call(fn, calls):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmark.micro_mlx_cpu", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark.micro.mlx_cpu_ops", description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=2000)
     opts = p.parse_args(argv)
     mx.set_default_device(mx.cpu)

@@ -1,13 +1,13 @@
 """Micro-benchmark: the Nature CNN's loss gradient on MLX's CPU backend with plain strided convolutions
 (mlx.nn.Conv2d) vs the space-to-depth + stride-1 form the Atari scripts use (same weights, same math).
 
-Usage: OMP_NUM_THREADS=1 python -m benchmark.micro_conv_s2d [--batch 256] [--repeats 10]
+Usage: OMP_NUM_THREADS=1 python -m benchmark.micro.conv_s2d [--batch 256] [--repeats 10]
 """
 
 import argparse
 import time
 
-from tests.helpers import load_script  # loads the script's OpenBLAS block before MLX
+from benchmark.pairs import load_script  # loads the script's OpenBLAS block before MLX
 
 P = load_script("ppo_atari", "mlx")
 mx, nn = P.mx, P.nn

@@ -1,6 +1,6 @@
 """Per-calculation timings of a script's own networks and batch: MLX eager, MLX compiled and torch.
 
-    python -m benchmark.microbench --script ppo [--repeats 300] [--blas bundled] [--out benchmark/results/microbench]
+    python -m benchmark.micro.update_step --script ppo [--repeats 300] [--blas bundled] [--out benchmark/results/microbench]
 
 Each case is timed with the synchronisation that makes its figure real: MLX is lazy, so an MLX case
 ends in `mx.eval` of everything it produced (outputs, and the new weights and optimizer state for
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.machine import describe, machine_info
-from benchmark.scripts import REPO, load_script
+from benchmark.pairs import REPO, load_script
 
 OUT_DIR = REPO / "benchmark" / "results" / "microbench"
 VARIANTS = ("mlx eager", "mlx compiled", "torch")
@@ -255,7 +255,7 @@ def write(results: dict, script: str, what: str, header: str, out_dir: Path) -> 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmark.microbench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark.micro.update_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--script", required=True, help=f"one of: {', '.join(ADAPTERS)}")
     p.add_argument("--repeats", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20)
@@ -263,7 +263,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=OUT_DIR)
     opts = p.parse_args(argv)
     if opts.script not in ADAPTERS:
-        raise SystemExit(f"benchmark.microbench: no adapter for {opts.script!r} (have: {', '.join(ADAPTERS)})")
+        raise SystemExit(f"benchmark.micro.update_step: no adapter for {opts.script!r} (have: {', '.join(ADAPTERS)})")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the benchmark setting; read when the BLAS libraries load
     if opts.blas == "bundled":
         os.environ["CLEANRL_MLX_BLAS"] = "bundled"

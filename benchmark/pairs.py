@@ -1,7 +1,8 @@
 """Where the script pairs live: discover them, name their files, import one as a module.
 
 A pair is `cleanrl_mlx/<name>_mlx.py` with its twin `cleanrl_torch_reference/<name>_torch.py`. The
-runner, the micro-benchmarks and the tests all find scripts through here.
+runner, the report, the micro-benchmarks, the docs generator and the tests all find scripts (and the
+results folder) through here.
 """
 
 import importlib.util
@@ -9,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("mlx", "torch")
+RESULTS_DIR = REPO / "benchmark" / "results"  # committed tables and plots, one folder per sweep
 DEFAULT_DIRS = {"mlx": REPO / "cleanrl_mlx", "torch": REPO / "cleanrl_torch_reference"}
 
 
