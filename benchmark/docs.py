@@ -6,7 +6,7 @@
 
 A block sits between `<!-- results:start -->` and `<!-- results:end -->`; nothing in it is typed by hand.
 The headline row of a pair comes from the committed run with the largest budget that has both twins (ties:
-the env the benchmark registry lists first, then the folder that sorts last).
+the env the benchmark registry lists first, then the newest report, then the folder that sorts last).
 """
 
 import argparse
@@ -66,10 +66,12 @@ def headline(rows, script) -> tuple[dict, dict] | None:
     candidates = []
     for r in rows:
         if r["script"] == script and r["variant"] == "mlx":
-            twin = [t for t in rows if t["folder"] == r["folder"] and t["env_id"] == r["env_id"] and t["variant"] == "torch"]
-            if twin and twin[0]["script"] == script:
+            same_run = ("script", "env_id", "total_timesteps", "folder")
+            twin = [t for t in rows if t["variant"] == "torch" and all(t[k] == r[k] for k in same_run)]
+            if twin:
                 env_rank = envs.index(r["env_id"]) if r["env_id"] in envs else len(envs)
-                candidates.append(((int(r["total_timesteps"]), -env_rank, r["folder"].name), r, twin[0]))
+                key = (int(r["total_timesteps"]), -env_rank, r["machine"].get("date", ""), r["folder"].name)
+                candidates.append((key, r, twin[0]))
     if not candidates:
         return None
     _, mlx, torch = max(candidates, key=lambda c: c[0])

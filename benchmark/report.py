@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -285,7 +286,7 @@ def write_report(sweep_dir: Path, out_dir: Path) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    machine = machine_of(runs)
+    machine = machine_of(runs) | {"date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # newest wins in docs
     (out_dir / "machine.json").write_text(json.dumps(machine, indent=1))
 
     images = []

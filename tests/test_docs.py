@@ -1,0 +1,76 @@
+"""The README, CONTRIBUTING.md and docs/: every relative link and image resolves inside the repository,
+every pair has a docs page and a README row, and the generated results blocks match benchmark/results."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmark import docs
+from benchmark.pairs import REPO, discover
+
+PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+# [text](target) and ![alt](target); an optional "title" after the target is ignored
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+EXTERNAL = re.compile(r"^(https?|mailto):")
+
+
+def relative_links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # links inside code blocks are not links
+    return [t for t in LINK.findall(text) if not EXTERNAL.match(t) and not t.startswith("#")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_and_image_resolves_inside_the_repository(page):
+    assert page.is_file(), f"{page} is missing"
+    for target in relative_links(page):
+        path = (page.parent / target.split("#", 1)[0]).resolve()
+        assert path.is_relative_to(REPO), f"{page.name}: {target} points outside the repository"
+        assert path.exists(), f"{page.name}: {target} does not exist"
+
+
+def test_nothing_points_outside_the_repository():
+    for page in PAGES:
+        text = page.read_text()
+        assert "CONVENTIONS.md" not in text and "../shared" not in text, f"{page.name} refers outside the repository"
+
+
+def test_the_link_checker_catches_a_broken_link(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("[ok](https://x.org) [a](missing.md#part) ![img](pics/a.png)\n```\n[not a link](nowhere)\n```\n")
+    assert relative_links(page) == ["missing.md#part", "pics/a.png"]
+
+
+@pytest.mark.parametrize("name", discover())
+def test_every_pair_has_a_docs_page_and_a_readme_row(name):
+    page = REPO / "docs" / f"{name}.md"
+    assert page.is_file(), f"docs/{name}.md is missing"
+    text = page.read_text()
+    for heading in ("## Run it", "## Logged tags", "## Implementation details", "## MLX-specific choices", "## Results"):
+        assert heading in text, f"docs/{name}.md has no '{heading}' section"
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if f"(docs/{name}.md)" in line]
+    assert any(f"(cleanrl_mlx/{name}_mlx.py)" in r and f"(cleanrl_torch_reference/{name}_torch.py)" in r for r in rows), (
+        f"README.md has no scripts-table row for {name} linking its docs page and both twins"
+    )
+    assert f"({name}.md)" in (REPO / "docs" / "README.md").read_text(), f"docs/README.md does not list {name}"
+
+
+def test_readme_is_short():
+    assert len((REPO / "README.md").read_text().splitlines()) < 200
+
+
+def test_generated_results_blocks_are_up_to_date(capsys):
+    """No number is typed by hand: every results block is what `python -m benchmark.docs` writes."""
+    assert docs.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_headline_picks_the_largest_budget_with_both_twins():
+    rows = [
+        {"script": "x", "env_id": "E", "variant": v, "total_timesteps": str(n), "folder": Path(f), "machine": {}}
+        for f, n, variants in (("a", 100, ("mlx", "torch")), ("b", 500, ("mlx",)), ("c", 300, ("mlx", "torch")))
+        for v in variants
+    ]
+    rows.insert(0, rows[-1] | {"script": "z", "folder": Path("b"), "total_timesteps": "500"})  # another pair's torch run
+    mlx, torch = docs.headline(rows, "x")
+    assert (mlx["folder"].name, torch["folder"].name, mlx["variant"], torch["variant"]) == ("c", "c", "mlx", "torch")
+    assert docs.headline(rows, "y") is None
