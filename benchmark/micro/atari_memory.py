@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.machine import describe, machine_info, peak_rss_mb
-from benchmark.pairs import RESULTS_DIR, load_script
+from benchmark.pairs import REPO, RESULTS_DIR, load_script
 
 SCRIPT = "dqn_atari"
 FRAME = (84, 84)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     for fw in opts.frameworks:
         cmd = [sys.executable, "-m", "benchmark.micro.atari_memory", "--child", fw]
         cmd += ["--transitions", str(opts.transitions)] if opts.transitions else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             raise SystemExit(f"benchmark.micro.atari_memory: the {fw} run failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
