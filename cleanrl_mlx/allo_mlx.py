@@ -1,14 +1,6 @@
-"""ALLO, the Augmented Lagrangian Laplacian Objective, in MLX. PyTorch twin: cleanrl_torch_reference/allo_torch.py.
+"""ALLO (Gomez, Bowling, Machado, ICLR 2024) in MLX: a gridworld's d smallest Laplacian eigenvectors, as the authors' code.
 
-Learns the d smallest eigenvectors of a gridworld's graph Laplacian from sampled transitions, after
-Gomez, Bowling, Machado, "Proper Laplacian Representation Learning" (ICLR 2024); the authors' JAX code
-(github.com/tarod13/laplacian_dual_dynamics) fixes the semantics followed here: the layouts, the
-episodic sampler, the loss, the dual and barrier updates. Not an RL script: a uniform random policy
-collects the data once, then every step is one gradient step on the encoder, so `charts/SPS` counts
-gradient steps per second and the timing tags are `timing/sample_us` (host sampling) and
-`timing/update_us` (the step and the sync that completes it), microseconds per gradient step.
-
-Usage: python cleanrl_mlx/allo_mlx.py --env-id GridRoom-16 --plot
+Twin: cleanrl_torch_reference/allo_torch.py. Docs: docs/allo.md. Run: python cleanrl_mlx/allo_mlx.py --env-id GridRoom-16 --plot
 """
 
 import ctypes
@@ -25,27 +17,22 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+# Linux mlx[cpu] bundles a reference BLAS ~30x slower than OpenBLAS: load the system's before MLX so MLX binds to it
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"  # opt out on Linux: CLEANRL_MLX_BLAS=bundled
 if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
     try:
         ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
         BLAS = "openblas"
     except OSError:
         BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 
-# tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
-# entry in sys.modules makes that import fail, so tensorboardX goes on without it
-sys.modules.setdefault("torch", None)
+sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
 
-if sys.modules["torch"] is None:
+if sys.modules["torch"] is None:  # let later code import torch again
     del sys.modules["torch"]
 
 
@@ -228,42 +215,16 @@ def truncated_geometric(n, gamma, rng):
     return np.minimum(np.floor(np.log1p(-(1.0 - gamma**n) * u) / np.log(gamma)).astype(np.int64), n - 1)
 
 
-def sample_step_indices(num_episodes, episode_len, batch_size, rng):
-    """Single states: a uniform episode and a uniform step in it."""
-    return rng.integers(0, num_episodes, size=batch_size), rng.integers(0, episode_len, size=batch_size)
-
-
-def sample_pair_indices(num_episodes, episode_len, batch_size, gamma, rng):
-    """Pairs (s, s') of one episode: s uniform among steps with a successor, s' 1 + a truncated
-    geometric draw later, never past the episode's last state."""
+def sample_batch(episodes, batch_size, gamma, rng):
+    """State ids [s, s', u1, u2] concatenated (4 * batch_size,): pairs (s, s') of one episode, s uniform among the steps with
+    a successor and s' 1 + a truncated geometric draw later (never past the episode's end), then two uniform batches."""
+    num_episodes, episode_len = episodes.shape
     ep = rng.integers(0, num_episodes, size=batch_size)
     t1 = rng.integers(0, episode_len - 1, size=batch_size)
     t2 = t1 + 1 + truncated_geometric(episode_len - 1 - t1, gamma, rng)
-    return ep, t1, t2
-
-
-def sample_batch(episodes, batch_size, gamma, rng):
-    """State ids [s, s', u1, u2] concatenated (4 * batch_size,): pairs, then two independent batches."""
-    num_episodes, episode_len = episodes.shape
-    ep, t1, t2 = sample_pair_indices(num_episodes, episode_len, batch_size, gamma, rng)
-    ep1, t_u1 = sample_step_indices(num_episodes, episode_len, batch_size, rng)
-    ep2, t_u2 = sample_step_indices(num_episodes, episode_len, batch_size, rng)
+    ep1, t_u1 = rng.integers(0, num_episodes, size=batch_size), rng.integers(0, episode_len, size=batch_size)
+    ep2, t_u2 = rng.integers(0, num_episodes, size=batch_size), rng.integers(0, episode_len, size=batch_size)
     return episodes[np.concatenate([ep, ep, ep1, ep2]), np.concatenate([t1, t2, t_u1, t_u2])]
-
-
-def sample_batch_loop(episodes, batch_size, gamma, rng):
-    """sample_batch one sample at a time (as the authors' buffer gathers them): a slow reference for
-    the sampler test and the throughput comparison, never used in training."""
-    num_episodes, episode_len = episodes.shape
-    ids = np.empty(4 * batch_size, dtype=episodes.dtype)
-    for i in range(batch_size):
-        e, t = rng.integers(num_episodes), rng.integers(episode_len - 1)
-        ids[i] = episodes[e, t]
-        ids[batch_size + i] = episodes[e, t + 1 + truncated_geometric(np.array(episode_len - 1 - t), gamma, rng)]
-    for j in (2, 3):
-        for i in range(batch_size):
-            ids[j * batch_size + i] = episodes[rng.integers(num_episodes), rng.integers(episode_len)]
-    return ids
 
 
 def laplacian_eigenpairs(P):
@@ -294,15 +255,11 @@ def align_to_eigenvectors(learned, eigvals, eigvecs):
     cos = np.empty(d)
     for start, stop in eigen_blocks(eigvals, d):
         U, A = eigvecs[:, start:stop], learned[:, start : min(stop, d)]
-        if stop <= d:
-            # the rotation R maximising trace(U^T A R): U^T A = X S Y^T -> R = Y X^T
+        if stop <= d:  # the rotation R maximising trace(U^T A R): U^T A = X S Y^T -> R = Y X^T
             X, _, Yt = np.linalg.svd(U.T @ A)
             A = A @ (Yt.T @ X.T)
-            A = A / np.maximum(np.linalg.norm(A, axis=0, keepdims=True), 1e-12)
-            cos[start:stop] = np.abs(np.sum(U * A, axis=0))
-        else:
-            A = A / np.maximum(np.linalg.norm(A, axis=0, keepdims=True), 1e-12)
-            cos[start:d] = np.linalg.norm(U.T @ A, axis=0)
+        A = A / np.maximum(np.linalg.norm(A, axis=0, keepdims=True), 1e-12)
+        cos[start : min(stop, d)] = np.abs(np.sum(U * A, axis=0)) if stop <= d else np.linalg.norm(U.T @ A, axis=0)
         sign = np.sign(np.sum(eigvecs[:, start : min(stop, d)] * A, axis=0))
         aligned[:, start : min(stop, d)] = A * np.where(sign == 0, 1.0, sign)
     return cos, aligned
@@ -424,8 +381,7 @@ def plot_eigenvectors(path, grid, cells, eigvecs, aligned, cos):
             image[cells[:, 0], cells[:, 1]] = vectors[:, i]
             lim = np.abs(vectors[:, i]).max()
             axes[row, i].imshow(image, cmap=cmap, vmin=-lim, vmax=lim)
-            axes[row, i].set_xticks([])
-            axes[row, i].set_yticks([])
+            axes[row, i].set(xticks=[], yticks=[])
             axes[row, i].set_title(f"true {i}" if row == 0 else f"learned {i}\ncos {cos[i]:.3f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -434,27 +390,16 @@ def plot_eigenvectors(path, grid, cells, eigvecs, aligned, cos):
 
 def check_args(args: Args, script: str) -> np.ndarray:
     """Reject bad input with one clear line before anything is created; returns the parsed layout."""
-    limits = {  # field: (valid?, what it must be)
-        "n_samples": (args.n_samples > 0, "positive"),
-        "max_episode_steps": (args.max_episode_steps > 0, "positive"),
-        "total_train_steps": (args.total_train_steps > 0, "positive"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "hidden_dims": (all(width > 0 for width in args.hidden_dims), "positive widths"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "lr_duals": (args.lr_duals > 0, "positive"),
-        "max_duals": (args.max_duals > 0, "positive"),
-        "barrier_initial_val": (args.barrier_initial_val >= 0, "non-negative"),
-        "lr_barrier_coefs": (args.lr_barrier_coefs >= 0, "non-negative"),
-        "max_barrier_coefs": (args.max_barrier_coefs > 0, "positive"),
-        "q_error_update_rate": (0 < args.q_error_update_rate <= 1, "in (0, 1]"),
-        "eval_frequency": (args.eval_frequency > 0, "positive"),
-    }
+    positive = ("n_samples", "max_episode_steps", "total_train_steps", "batch_size", "learning_rate", "lr_duals", "max_duals")
+    limits = {k: (getattr(args, k) > 0, "positive") for k in positive + ("max_barrier_coefs", "eval_frequency")}
+    limits |= {k: (getattr(args, k) >= 0, "non-negative") for k in ("barrier_initial_val", "lr_barrier_coefs")}
+    limits["hidden_dims"] = (all(width > 0 for width in args.hidden_dims), "positive widths")
+    limits["gamma"] = (0 <= args.gamma <= 1, "in [0, 1]")
+    limits["q_error_update_rate"] = (0 < args.q_error_update_rate <= 1, "in (0, 1]")
+    limits["device"] = (args.device in ("gpu", "cpu"), '"gpu" or "cpu"')
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.device not in ("gpu", "cpu"):
-        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.layout_file is not None:
         try:
             text = Path(args.layout_file).read_text()
@@ -477,21 +422,21 @@ def check_args(args: Args, script: str) -> np.ndarray:
 
 
 if __name__ == "__main__":
+    script = os.path.basename(__file__)
     args = tyro.cli(Args)
-    grid = check_args(args, os.path.basename(__file__))
+    grid = check_args(args, script)
     if args.layout_file is not None:
         args.env_id = Path(args.layout_file).stem
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("allo_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
-    print(f"allo_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
     rng = np.random.default_rng(args.seed)  # every data draw (episodes, batches): same stream in the twin
 
     if args.track:
@@ -532,33 +477,20 @@ if __name__ == "__main__":
 
     # ALGO LOGIC: forward, backward, Adam, then the dual and barrier updates
     state = [encoder.state, optimizer.state, multipliers]  # the compiled step reads and writes these in place
-    train = partial(
-        train_step,
-        encoder,
-        optimizer,
-        multipliers,
-        lr_duals=args.lr_duals,
-        max_duals=args.max_duals,
-        q_error_update_rate=args.q_error_update_rate,
-        lr_barrier_coefs=args.lr_barrier_coefs,
-        max_barrier_coefs=args.max_barrier_coefs,
-    )
-    train = mx.compile(train, inputs=state, outputs=state)
+    hp = {k: getattr(args, k) for k in ("lr_duals", "max_duals", "q_error_update_rate", "lr_barrier_coefs", "max_barrier_coefs")}
+    train = mx.compile(partial(train_step, encoder, optimizer, multipliers, **hp), inputs=state, outputs=state)
 
     start_time = time.time()
-    sample_time = update_time = 0.0  # seconds since the last log
-    steps_since_log = 0
-    progress = tqdm(total=args.total_train_steps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(1, args.total_train_steps + 1):
+    timing = dict.fromkeys(("sample", "update"), 0.0)  # seconds per phase since the last log
+    last_log = 0
+    for global_step in (progress := tqdm(range(1, args.total_train_steps + 1), disable=not sys.stderr.isatty())):
         t0 = time.perf_counter()
         ids = mx.array(sample_batch(episodes, args.batch_size, args.gamma, rng))
         t1 = time.perf_counter()
         losses = train(obs_table[ids])
         mx.eval(losses, state)  # one sync per gradient step
-        t2 = time.perf_counter()
-        sample_time += t1 - t0
-        update_time += t2 - t1
-        steps_since_log += 1
+        timing["sample"] += t1 - t0
+        timing["update"] += time.perf_counter() - t1
 
         # TRY NOT TO MODIFY: record losses and the cosine similarity for plotting purposes
         if global_step % args.eval_frequency == 0 or global_step == args.total_train_steps:
@@ -574,16 +506,13 @@ if __name__ == "__main__":
             for i, c in enumerate(cos):
                 writer.add_scalar(f"eval/cosine_similarity_{i}", c, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("timing/sample_us", 1e6 * sample_time / steps_since_log, global_step)
-            writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-            sample_time = update_time = 0.0
-            progress.update(steps_since_log)
-            steps_since_log = 0
+            for phase, seconds in timing.items():
+                writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / (global_step - last_log), global_step)
+            timing, last_log = dict.fromkeys(timing, 0.0), global_step
             progress.set_postfix(SPS=sps, cos=f"{cos.mean():.4f}")
             if progress.disable:  # no bar (not a TTY): print progress lines instead
                 print(f"global_step={global_step}, cosine_similarity={cos.mean():.4f}, SPS: {sps}")
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         encoder.save_weights(model_path)

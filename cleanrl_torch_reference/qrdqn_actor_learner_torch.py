@@ -1,13 +1,7 @@
-"""Ape-X-style actor-learner QR-DQN in PyTorch: the reference twin of cleanrl_mlx/qrdqn_actor_learner_mlx.py.
+"""Ape-X-style actor-learner QR-DQN in eager PyTorch: the reference twin of cleanrl_mlx/qrdqn_actor_learner_mlx.py.
 
-QR-DQN (Dabney et al. 2018) as sb3-contrib defines it, with rl-zoo's tuned CartPole-v1 settings, fed
-by `--num-actors` spawned actor processes as in Ape-X (Horgan et al. 2018): each actor has its own env,
-its own epsilon and a numpy copy of the policy; transitions travel in fixed-size chunks through shared
-memory, and only (actor, slot, count) goes through a queue. The learner (this process) trains with the
-quantile Huber loss and publishes its weights as one flat float32 array with a version number.
-The actors are the MLX script's, line for line; only the learner is eager PyTorch.
-
-Usage: python cleanrl_torch_reference/qrdqn_actor_learner_torch.py --env-id CartPole-v1 --num-actors 2
+Docs: docs/qrdqn_actor_learner.md. The actors are the MLX script's, line for line; only the learner is PyTorch.
+Run: python cleanrl_torch_reference/qrdqn_actor_learner_torch.py --env-id CartPole-v1 --num-actors 2
 """
 
 import ctypes
@@ -28,9 +22,8 @@ from typing import Optional
 import gymnasium as gym
 import numpy as np
 
-# Actors are spawned processes that re-import this file. They act with a numpy copy of the policy and
-# need neither torch (seconds and ~200 MB per process) nor the logger nor the command line, so only
-# the learner imports those.
+# Spawned actors re-import this file but need neither the framework (seconds and ~200 MB per process) nor the logger nor
+# the command line: only the learner imports those.
 LEARNER_PROCESS = __name__ == "__main__" or mp.parent_process() is None
 if LEARNER_PROCESS:
     import torch
@@ -119,33 +112,14 @@ class Args:
 
 
 def check_args(args: Args, script: str):
-    """Reject bad input with one clear line before anything is created; returns the env's observation
-    size and number of actions."""
-    limits = {  # field: (valid?, what it must be)
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "adam_eps": (args.adam_eps > 0, "positive"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
-        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
-        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "n_quantiles": (args.n_quantiles > 0, "positive"),
-        "max_grad_norm": (args.max_grad_norm > 0, "positive"),
-        "eval_episodes": (args.eval_episodes > 0, "positive"),
-        "num_actors": (args.num_actors >= 0, "0 (one in-process actor) or more"),
-        "apex_epsilon": (0 <= args.apex_epsilon <= 1, "in [0, 1]"),
-        "apex_alpha": (args.apex_alpha >= 0, "non-negative"),
-        "replay_ratio": (args.replay_ratio > 0, "positive"),
-        "chunk_length": (args.chunk_length > 0, "positive"),
-        "ring_chunks": (args.ring_chunks > 0, "positive"),
-        "publish_interval": (args.publish_interval > 0, "positive"),
-        "sync_interval": (args.sync_interval > 0, "positive"),
-    }
+    """Reject bad input with one clear line before anything is created; returns (observation size, number of actions)."""
+    positive = ("total_timesteps", "learning_rate", "adam_eps", "buffer_size", "target_network_frequency", "batch_size")
+    positive += ("n_quantiles", "max_grad_norm", "eval_episodes", "replay_ratio", "chunk_length", "ring_chunks")
+    limits = {k: (getattr(args, k) > 0, "positive") for k in positive + ("publish_interval", "sync_interval")}
+    limits |= {k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "start_e", "end_e", "apex_epsilon")}
+    limits |= {k: (0 < getattr(args, k) <= 1, "in (0, 1]") for k in ("tau", "exploration_fraction")}
+    limits |= {k: (getattr(args, k) >= 0, "non-negative") for k in ("learning_starts", "apex_alpha")}
+    limits["num_actors"] = (args.num_actors >= 0, "0 (one in-process actor) or more")
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
@@ -184,6 +158,14 @@ def make_env(env_id, idx, capture_video, run_name):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
     slope = (end_e - start_e) / duration
     return max(slope * t + start_e, end_e)
@@ -196,9 +178,7 @@ def actor_epsilons(num_actors, apex_epsilon, apex_alpha, lone_epsilon):
     return [apex_epsilon ** (1 + apex_alpha * i / (num_actors - 1)) for i in range(num_actors)]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Actors: numpy and multiprocessing only (this part is the same in both twins)
-# ---------------------------------------------------------------------------------------------------
+# Actors: numpy and multiprocessing only (this part is the same in both twins) ----------------------------------------
 def q_network_shapes(obs_dim, n_actions, n_quantiles):
     """Parameter shapes of QNetwork in the order of the flat published array: (weight, bias) per layer."""
     sizes = [obs_dim, 256, 256, n_actions * n_quantiles]
@@ -206,76 +186,52 @@ def q_network_shapes(obs_dim, n_actions, n_quantiles):
 
 
 class NumpyPolicy:
-    """An actor's copy of the Q-network: views into one flat float32 array, read with a numpy forward.
-    For one observation at a time this is as fast as a framework call, and an actor process then
-    needs neither MLX nor torch."""
+    """An actor's copy of the Q-network: views into one flat float32 array and a numpy forward, as fast as a framework call
+    for one observation, so an actor process needs neither MLX nor torch."""
 
     def __init__(self, shapes, n_actions, n_quantiles):
-        self.flat = np.zeros(sum(int(np.prod(s)) for s in shapes), dtype=np.float32)
-        offsets = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
-        self.params = [self.flat[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
+        sizes = [int(np.prod(s)) for s in shapes]
+        self.flat = np.zeros(sum(sizes), dtype=np.float32)
+        self.params = [view.reshape(s) for view, s in zip(np.split(self.flat, np.cumsum(sizes)[:-1]), shapes)]
         self.n_actions, self.n_quantiles = n_actions, n_quantiles
 
     def greedy_action(self, obs):
         x = obs
         for i in range(0, len(self.params), 2):
+            x = np.maximum(x, 0.0) if i else x  # ReLU between the layers
             x = x @ self.params[i].T + self.params[i + 1]
-            if i + 2 < len(self.params):
-                x = np.maximum(x, 0.0)
         return int(x.reshape(self.n_actions, self.n_quantiles).mean(-1).argmax())
 
 
 class Channels:
-    """Everything actors and the learner share: the published weights and their version (under one
-    lock), one ring of chunks per actor in shared memory with a semaphore counting its free slots,
-    the message queue, the stop event and the learner's step count. Picklable into spawned actors."""
+    """What actors and the learner share (picklable into spawned actors): the published weights and their version under one
+    lock, one shared-memory ring of chunks per actor with a semaphore counting free slots, the queue, stop event, step count."""
 
     def __init__(self, ctx, n_rings, ring_chunks, chunk_length, obs_dim, n_params):
-        self.n_rings, self.ring_chunks, self.chunk_length, self.obs_dim = n_rings, ring_chunks, chunk_length, obs_dim
+        self.ring_chunks, self.obs_dim, self.shape = ring_chunks, obs_dim, (n_rings, ring_chunks, chunk_length)
         n = n_rings * ring_chunks * chunk_length
-        self.raw = {
-            "obs": ctx.RawArray(ctypes.c_float, n * obs_dim),
-            "next_obs": ctx.RawArray(ctypes.c_float, n * obs_dim),
-            "actions": ctx.RawArray(ctypes.c_int64, n),
-            "rewards": ctx.RawArray(ctypes.c_float, n),
-            "terminations": ctx.RawArray(ctypes.c_float, n),
-            "seqs": ctx.RawArray(ctypes.c_int64, n),  # per-actor sequence numbers: a lost chunk shows as a gap
-        }
+        # seqs: per-actor sequence numbers, so a lost chunk shows as a gap
+        types = {"obs": ctypes.c_float, "next_obs": ctypes.c_float, "actions": ctypes.c_int64, "rewards": ctypes.c_float}
+        types |= {"terminations": ctypes.c_float, "seqs": ctypes.c_int64}
+        self.raw = {k: ctx.RawArray(t, n * obs_dim if "obs" in k else n) for k, t in types.items()}
         self.raw_weights = ctx.RawArray(ctypes.c_float, n_params)
         self.version = ctx.RawValue(ctypes.c_int64, 0)
         self.lock = ctx.Lock()
         self.free_slots = [ctx.Semaphore(ring_chunks) for _ in range(n_rings)]
         self.chunks_sent = ctx.RawArray(ctypes.c_int64, n_rings)  # one writer each: the ring's actor
         self.global_step = ctx.RawValue(ctypes.c_int64, 0)  # written by the learner, read for epsilon
-        self.messages = ctx.Queue()
-        self.stop = ctx.Event()
-        self._make_views()
+        self.messages, self.stop = ctx.Queue(), ctx.Event()
 
-    def _make_views(self):
-        shape = (self.n_rings, self.ring_chunks, self.chunk_length)
-        dtypes = {"actions": np.int64, "seqs": np.int64}
-        self.ring = {
-            k: np.frombuffer(v, dtype=dtypes.get(k, np.float32)).reshape(shape + ((self.obs_dim,) if "obs" in k else ()))
-            for k, v in self.raw.items()
+    def ring(self):
+        """Numpy views of the rings, field -> (ring, slot, step, ...); views are not pickled, so each process makes its own."""
+        return {
+            k: np.ctypeslib.as_array(v).reshape(self.shape + ((self.obs_dim,) if "obs" in k else ())) for k, v in self.raw.items()
         }
-        self.weights = np.frombuffer(self.raw_weights, dtype=np.float32)
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("ring", "weights")}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._make_views()
 
     def publish(self, flat):
         with self.lock:
-            self.weights[:] = flat
+            np.ctypeslib.as_array(self.raw_weights)[:] = flat
             self.version.value += 1
-            return self.version.value
-
-    def read_weights(self, out):
-        with self.lock:
-            out[:] = self.weights
             return self.version.value
 
 
@@ -283,42 +239,34 @@ class Actor:
     """Steps one env with epsilon-greedy on its numpy policy and writes transitions into its ring."""
 
     def __init__(self, actor_id, args, run_name, final_epsilon, channels, shapes, n_actions):
-        self.id, self.args, self.final_epsilon, self.ch = actor_id, args, final_epsilon, channels
+        self.id, self.args, self.final_epsilon, self.ch, self.n_actions = actor_id, args, final_epsilon, channels, n_actions
         self.envs = gym.vector.SyncVectorEnv(
             [make_env(args.env_id, actor_id, args.capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
         )
         self.obs, _ = self.envs.reset(seed=args.seed + actor_id)
         self.envs.action_space.seed(args.seed + actor_id)
         self.rng = np.random.default_rng(args.seed + actor_id)
-        self.policy = NumpyPolicy(shapes, n_actions, args.n_quantiles)
-        self.n_actions = n_actions
+        self.policy, self.ring = NumpyPolicy(shapes, n_actions, args.n_quantiles), channels.ring()
         self.version = 0  # the learner publishes version 1 before any actor starts
-        self.seq = 0  # sequence number of the next transition
-        self.chunk_index = 0
+        self.seq = self.chunk_index = 0  # sequence number of the next transition, chunks filled
         self.parent = mp.parent_process()  # None for the in-process actor
 
     def fill_chunk(self):
         """Fill the next slot of the ring; returns the message for the learner, or None when stopped."""
-        ch, a, length = self.ch, self.id, self.args.chunk_length
+        ch, a, args = self.ch, self.id, self.args
         slot = self.chunk_index % ch.ring_chunks
         t_wait = time.perf_counter()
         while not ch.free_slots[a].acquire(timeout=0.1):  # backpressure: wait until the learner frees it
             if ch.stop.is_set() or (self.parent is not None and not self.parent.is_alive()):
                 return None
-        env_time = inference_time = 0.0
-        episodes = []
-        t0 = time.perf_counter()
-        wait_time = t0 - t_wait
-        for k in range(length):
-            if self.seq % self.args.sync_interval == 0 and ch.version.value != self.version:
-                self.version = ch.read_weights(self.policy.flat)  # reload only when the version changed
-            epsilon = linear_schedule(
-                self.args.start_e,
-                self.final_epsilon,
-                self.args.exploration_fraction * self.args.total_timesteps,
-                ch.global_step.value,
-            )
-            if self.rng.random() < epsilon:
+        timing, episodes = {"env": 0.0, "inference": 0.0, "wait": time.perf_counter() - t_wait}, []
+        for k in range(args.chunk_length):
+            t0 = time.perf_counter()
+            if self.seq % args.sync_interval == 0 and ch.version.value != self.version:
+                with ch.lock:  # reload only when the version changed
+                    self.policy.flat[:], self.version = np.ctypeslib.as_array(ch.raw_weights), ch.version.value
+            duration = args.exploration_fraction * args.total_timesteps
+            if self.rng.random() < linear_schedule(args.start_e, self.final_epsilon, duration, ch.global_step.value):
                 action = int(self.rng.integers(self.n_actions))
             else:
                 action = self.policy.greedy_action(self.obs[0])
@@ -326,24 +274,16 @@ class Actor:
             next_obs, rewards, terminations, truncations, infos = self.envs.step(np.array([action]))
             # store the true last observation of a finished episode; bootstrap on terminations only
             real_next_obs = infos["final_obs"][0] if "final_obs" in infos and infos["_final_obs"][0] else next_obs[0]
-            ring = ch.ring
-            ring["obs"][a, slot, k] = self.obs[0]
-            ring["next_obs"][a, slot, k] = real_next_obs
-            ring["actions"][a, slot, k] = action
-            ring["rewards"][a, slot, k] = rewards[0]
-            ring["terminations"][a, slot, k] = terminations[0]
-            ring["seqs"][a, slot, k] = self.seq
-            if "final_info" in infos and infos["final_info"]["_episode"][0]:
-                episodes.append((float(infos["final_info"]["episode"]["r"][0]), int(infos["final_info"]["episode"]["l"][0])))
-            self.obs = next_obs
-            self.seq += 1
-            t2 = time.perf_counter()
-            inference_time += t1 - t0
-            env_time += t2 - t1
-            t0 = t2
+            transition = (self.obs[0], real_next_obs, action, rewards[0], terminations[0], self.seq)
+            for key, value in zip(("obs", "next_obs", "actions", "rewards", "terminations", "seqs"), transition):
+                self.ring[key][a, slot, k] = value
+            episodes += finished_episodes(infos)
+            self.obs, self.seq = next_obs, self.seq + 1
+            timing["inference"] += t1 - t0
+            timing["env"] += time.perf_counter() - t1
         self.chunk_index += 1
         ch.chunks_sent[a] += 1
-        return ("chunk", a, slot, length, self.version, episodes, (env_time, inference_time, wait_time))
+        return ("chunk", a, slot, args.chunk_length, self.version, episodes, timing)
 
 
 def run_actor(actor_id, args, run_name, final_epsilon, channels, shapes, n_actions):
@@ -365,27 +305,21 @@ class ActorFailed(RuntimeError):
 
 
 class ReplayBuffer:
-    """The learner's own replay memory (numpy, preallocated, circular); only the learner touches it,
-    so sampling takes no lock. Each transition keeps its actor id and sequence number."""
+    """The learner's own circular replay memory (numpy, no lock: only the learner touches it); each transition keeps its
+    actor id and sequence number."""
 
     def __init__(self, capacity, obs_dim):
         self.capacity, self.pos, self.size = capacity, 0, 0
-        self.obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), dtype=np.float32)
-        self.actions = np.zeros(capacity, dtype=np.int64)
-        self.rewards = np.zeros(capacity, dtype=np.float32)
-        self.terminations = np.zeros(capacity, dtype=np.float32)
-        self.actor_ids = np.zeros(capacity, dtype=np.int64)
-        self.seqs = np.zeros(capacity, dtype=np.int64)
+        self.obs, self.next_obs = (np.zeros((capacity, obs_dim), dtype=np.float32) for _ in range(2))
+        self.rewards, self.terminations = (np.zeros(capacity, dtype=np.float32) for _ in range(2))
+        self.actions, self.actor_ids, self.seqs = (np.zeros(capacity, dtype=np.int64) for _ in range(3))
 
     def add_chunk(self, actor_id, chunk):
-        n = len(chunk["seqs"])
-        idx = (self.pos + np.arange(n)) % self.capacity
-        for key, values in chunk.items():
+        idx = (self.pos + np.arange(len(chunk["seqs"]))) % self.capacity
+        for key, values in (chunk | {"actor_ids": actor_id}).items():
             getattr(self, key)[idx] = values
-        self.actor_ids[idx] = actor_id
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
+        self.pos = (self.pos + len(idx)) % self.capacity
+        self.size = min(self.size + len(idx), self.capacity)
 
     def sample(self, batch_size):
         idx = np.random.randint(0, self.size, size=batch_size)
@@ -393,84 +327,66 @@ class ReplayBuffer:
 
 
 class ActorPool:
-    """The learner's side of the actors: starts them, receives their chunks into the replay buffer,
-    publishes weights, notices a dead actor, and stops them all."""
+    """The learner's side of the actors: starts them, receives their chunks into the replay buffer, publishes weights,
+    notices a dead actor, and stops them all."""
 
     def __init__(self, args, run_name, obs_dim, n_actions, rb):
         self.args, self.run_name, self.n_actions, self.rb = args, run_name, n_actions, rb
         self.shapes = q_network_shapes(obs_dim, n_actions, args.n_quantiles)
-        n_rings = max(args.num_actors, 1)
+        n_rings, n_params = max(args.num_actors, 1), sum(int(np.prod(s)) for s in self.shapes)
         self.ctx = mp.get_context("spawn")  # fork after MLX or torch has started threads is unsafe (macOS)
-        self.ch = Channels(
-            self.ctx, n_rings, args.ring_chunks, args.chunk_length, obs_dim, sum(int(np.prod(s)) for s in self.shapes)
-        )
+        self.ch = Channels(self.ctx, n_rings, args.ring_chunks, args.chunk_length, obs_dim, n_params)
         self.epsilons = actor_epsilons(args.num_actors, args.apex_epsilon, args.apex_alpha, args.end_e)
-        self.next_seq = np.zeros(n_rings, dtype=np.int64)
-        self.chunks_received = np.zeros(n_rings, dtype=np.int64)
+        self.next_seq, self.chunks_received = np.zeros(n_rings, dtype=np.int64), np.zeros(n_rings, dtype=np.int64)
         self.dropped = 0  # transitions missing from (or repeated in) an actor's sequence: must stay 0
-        self.exits = {}  # actor id -> (weights version, crc32 of its weights) reported on a clean exit
-        self.procs, self.local = [], None
+        self.exits, self.errors = {}, {}  # actor id -> (weights version, crc32 of its weights) on a clean exit, or traceback
+        self.procs, self.local, self.ring = [], None, self.ch.ring()
 
     def start(self, flat_weights):
-        self.publish(flat_weights)
+        self.ch.publish(flat_weights)
         if self.args.num_actors == 0:
             self.local = Actor(0, self.args, self.run_name, self.epsilons[0], self.ch, self.shapes, self.n_actions)
-            return
-        for i in range(self.args.num_actors):
-            p = self.ctx.Process(
-                target=run_actor,
-                args=(i, self.args, self.run_name, self.epsilons[i], self.ch, self.shapes, self.n_actions),
-                name=f"actor-{i}",
-                daemon=True,  # never outlive the learner
-            )
-            p.start()
-            self.procs.append(p)
+        for i in range(self.args.num_actors):  # daemons: they never outlive the learner
+            actor_args = (i, self.args, self.run_name, self.epsilons[i], self.ch, self.shapes, self.n_actions)
+            self.procs.append(self.ctx.Process(target=run_actor, args=actor_args, name=f"actor-{i}", daemon=True))
+            self.procs[-1].start()
 
-    def publish(self, flat_weights):
-        return self.ch.publish(flat_weights)
-
-    @property
-    def version(self):
-        return self.ch.version.value
-
-    def queue_depth(self):
-        """Chunks sent and not yet received (qsize() does not exist on macOS)."""
-        return int(np.frombuffer(self.ch.chunks_sent, dtype=np.int64).sum() - self.chunks_received.sum())
+    def drain(self, wait):
+        """Take queued messages until none comes within `wait` seconds, keeping the actors' exit and error reports."""
+        while True:
+            try:
+                kind, a, *report = self.ch.messages.get(timeout=wait)
+            except (queue.Empty, OSError, ValueError):
+                return
+            if kind == "exit":
+                self.exits[a] = tuple(report)
+            elif kind == "error":
+                self.errors[a] = report[0]
 
     def check_actors(self):
         for i, p in enumerate(self.procs):
             if p.exitcode is not None:
                 how = f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
-                report = ""  # an actor that raised sent its traceback before exiting
-                while True:
-                    try:
-                        message = self.ch.messages.get(timeout=0.2)
-                    except queue.Empty:
-                        break
-                    if message[0] == "error" and message[1] == i:
-                        report = ":\n" + message[2]
-                        break
+                self.drain(0.2)  # an actor that raised sent its traceback before exiting
+                report = f":\n{self.errors[i]}" if i in self.errors else ""
                 raise ActorFailed(f"actor {i} (pid {p.pid}) died ({how}); stopping the run{report}")
 
     def receive(self, timeout):
-        """Take one chunk into the replay buffer and free its slot. Blocks on the queue up to `timeout`
-        seconds (the in-process actor fills the chunk here); returns the message, or None."""
-        if self.local is not None:
-            message = self.local.fill_chunk()
-        else:
-            try:
-                message = self.ch.messages.get(timeout=timeout)
-            except queue.Empty:
-                self.check_actors()
-                return None
-        kind, a = message[0], message[1]
-        if kind == "error":
-            raise ActorFailed(f"actor {a} failed; stopping the run:\n{message[2]}")
-        if kind == "exit":
-            self.exits[a] = message[2:]
+        """Take one chunk into the replay buffer and free its slot. Blocks on the queue up to `timeout` seconds (the
+        in-process actor fills the chunk here); returns the message, or None."""
+        try:
+            message = self.local.fill_chunk() if self.local else self.ch.messages.get(timeout=timeout)
+        except queue.Empty:
+            self.check_actors()
             return None
-        _, a, slot, count, _, _, _ = message
-        chunk = {k: v[a, slot, :count] for k, v in self.ch.ring.items()}
+        kind, a, *report = message
+        if kind == "error":
+            raise ActorFailed(f"actor {a} failed; stopping the run:\n{report[0]}")
+        if kind == "exit":
+            self.exits[a] = tuple(report)
+            return None
+        slot, count = message[2:4]
+        chunk = {k: v[a, slot, :count] for k, v in self.ring.items()}
         seqs = chunk["seqs"]
         if seqs[0] != self.next_seq[a] or np.any(np.diff(seqs) != 1):  # never happens: rings are not overwritten
             self.dropped += abs(int(seqs[-1] + 1 - self.next_seq[a]) - count)
@@ -483,48 +399,29 @@ class ActorPool:
         return message
 
     def close(self, timeout=5.0):
-        """Stop every actor: set the stop event, keep draining the queue (an actor exits only once its
-        queued messages are flushed) while joining with a deadline, then terminate any straggler."""
+        """Stop every actor: set the stop event, keep draining the queue (an actor exits only once its queued messages are
+        flushed) while joining with a deadline, then terminate any straggler."""
         self.ch.stop.set()
         deadline = time.time() + timeout
         while any(p.is_alive() for p in self.procs) and time.time() < deadline:
-            try:
-                message = self.ch.messages.get(timeout=0.05)
-                if message[0] == "exit":
-                    self.exits[message[1]] = message[2:]
-            except queue.Empty:
-                pass
+            self.drain(0.05)
         for p in self.procs:
-            p.join(timeout=max(deadline - time.time(), 0.1))
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=1.0)
-        while True:  # messages flushed just before an actor exited
-            try:
-                message = self.ch.messages.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                break
-            if message[0] == "exit":
-                self.exits[message[1]] = message[2:]
+            p.terminate()  # a straggler; an actor that has exited is not touched
+            p.join(timeout=1.0)
+        self.drain(0.0)  # messages flushed just before an actor exited
         self.ch.messages.close()
         if self.local is not None:
             self.local.envs.close()
         return self.exits
 
 
-# ---------------------------------------------------------------------------------------------------
-# Learner (PyTorch)
-# ---------------------------------------------------------------------------------------------------
+# Learner (PyTorch) ----------------------------------------------------------------------------------------------------
 class QNetwork(nn.Module):
     def __init__(self, obs_dim, n_actions, n_quantiles):
         super().__init__()
         self.n_actions, self.n_quantiles = n_actions, n_quantiles
         self.network = nn.Sequential(
-            nn.Linear(obs_dim, 256),
-            nn.ReLU(),
-            nn.Linear(256, 256),
-            nn.ReLU(),
-            nn.Linear(256, n_actions * n_quantiles),
+            nn.Linear(obs_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, n_actions * n_quantiles)
         )
 
     def forward(self, x):
@@ -532,10 +429,9 @@ class QNetwork(nn.Module):
 
 
 def quantile_huber_loss(current_quantiles, target_quantiles):
-    """Quantile Huber loss with kappa = 1, as sb3-contrib defines it. current (B, N) estimates the
-    quantiles at the midpoints tau_i = (2i + 1) / (2N); target (B, N') are the target samples. The
-    pairwise loss |tau_i - 1{u < 0}| * Huber(u), u = target_j - current_i, is summed over the current
-    quantiles and averaged over the target quantiles and the batch."""
+    """Quantile Huber loss with kappa = 1, as sb3-contrib defines it. current (B, N) estimates the quantiles at the midpoints
+    tau_i = (2i + 1) / (2N); target (B, N') are the target samples. The pairwise loss |tau_i - 1{u < 0}| * Huber(u),
+    u = target_j - current_i, is summed over the current quantiles and averaged over the target quantiles and the batch."""
     n = current_quantiles.shape[-1]
     tau = (torch.arange(n, dtype=torch.float32, device=current_quantiles.device) + 0.5) / n
     delta = target_quantiles[:, None, :] - current_quantiles[:, :, None]  # (B, N, N')
@@ -546,8 +442,8 @@ def quantile_huber_loss(current_quantiles, target_quantiles):
 
 
 def qrdqn_target(next_quantiles, rewards, terminations, gamma):
-    """Target quantiles (B, N): the target network's quantiles (B, A, N) of the greedy next action by
-    their mean, discounted, bootstrapped unless the episode terminated."""
+    """Target quantiles (B, N): the target network's quantiles (B, A, N) of the greedy next action by their mean,
+    discounted, bootstrapped unless the episode terminated."""
     next_actions = next_quantiles.mean(dim=2).argmax(dim=1)
     next_q = next_quantiles[torch.arange(len(next_actions), device=next_quantiles.device), next_actions]
     return rewards[:, None] + gamma * (1.0 - terminations[:, None]) * next_q
@@ -565,8 +461,8 @@ def make_optimizer(q_network, args):
 
 
 def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, terminations, gamma, max_grad_norm):
-    """One learner update: target quantiles, quantile Huber loss, gradient clipping, an Adam step.
-    Returns (loss, mean Q of the taken actions)."""
+    """One learner update: target quantiles, quantile Huber loss, gradient clipping, an Adam step. Returns (loss, mean Q
+    of the taken actions)."""
     with torch.no_grad():
         target = qrdqn_target(target_network(next_obs), rewards, terminations, gamma)
     loss, q_values = qrdqn_loss(q_network, obs, actions, target)
@@ -584,13 +480,15 @@ def polyak_update(online, target, tau):
         target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
 
 
-def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, n_quantiles, epsilon=0.04, capture_video=True, seed=1):
+def evaluate(
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, epsilon=0.04, n_quantiles=10
+):
     """Roll out a saved Q-network epsilon-greedily for `eval_episodes` episodes (seeded: a rerun repeats)."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
-    model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), n_quantiles)
-    model.load_state_dict(load_file(model_path))  # evaluation runs on the cpu
+    model = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n), n_quantiles).to(device)
+    model.load_state_dict(load_file(model_path))
     obs, _ = envs.reset(seed=seed)
     envs.single_action_space.seed(seed)
     episodic_returns = []
@@ -599,13 +497,11 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, n_qua
             actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
         else:
             with torch.no_grad():
-                actions = model(torch.Tensor(obs)).mean(dim=2).argmax(dim=1).numpy()
+                actions = model(torch.Tensor(obs).to(device)).mean(dim=2).argmax(dim=1).cpu().numpy()
         obs, _, _, _, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -616,13 +512,13 @@ if __name__ == "__main__":
     obs_dim, n_actions = check_args(args, script)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"qrdqn_actor_learner_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{script}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
     if args.track:
         import wandb
@@ -665,14 +561,13 @@ if __name__ == "__main__":
     pool.start(flat_parameters())
     if pool.procs:
         print(f"{script}: {len(pool.procs)} actors started (pids {', '.join(str(p.pid) for p in pool.procs)})")
-    env_time = inference_time = update_time = 0.0  # seconds since the last log (actors' sums, learner's own)
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log (actors' sums)
     window_start, window_step, window_updates, lags = time.time(), 0, 0, []
     last_return = float("nan")
     progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
 
-    # Ctrl-C only sets a flag, checked once per pass (every wait below times out within 1 s): a
-    # KeyboardInterrupt raised at an arbitrary point can land inside tensorboardX's queue and leave its
-    # logger thread unwoken, and writer.close() then hangs. A second Ctrl-C interrupts at once.
+    # Ctrl-C only sets a flag, checked once per pass (waits time out within 1 s): raised anywhere, KeyboardInterrupt can
+    # leave tensorboardX's logger thread unwoken and writer.close() hanging. A second Ctrl-C interrupts at once.
     interrupted = []
 
     def on_sigint(signum, frame):
@@ -687,36 +582,31 @@ if __name__ == "__main__":
             # keep the replay ratio: train while updates are owed, otherwise wait (blocking) for data
             owed = rb.size >= args.learning_starts and updates < args.replay_ratio * (global_step - args.learning_starts)
             if not owed:
-                message = pool.receive(timeout=1.0)
-                if message is None:
+                if (message := pool.receive(timeout=1.0)) is None:
                     continue
-                _, actor_id, _, count, version, episodes, (env_s, inference_s, _) = message
+                _, _, _, count, version, episodes, actor_timing = message
                 global_step += count
-                env_time += env_s
-                inference_time += inference_s
-                lags.append(pool.version - version)
+                timing["env"] += actor_timing["env"]
+                timing["inference"] += actor_timing["inference"]
+                lags.append(pool.ch.version.value - version)
                 progress.update(count)
-                for episodic_return, episodic_length in episodes:
-                    last_return = episodic_return
-                    tqdm.write(f"global_step={global_step}, episodic_return={episodic_return}")
-                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
-                    writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+                for last_return, length in episodes:
+                    tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+                    writer.add_scalar("charts/episodic_return", last_return, global_step)
+                    writer.add_scalar("charts/episodic_length", length, global_step)
                 continue
 
             # ALGO LOGIC: training
             t0 = time.perf_counter()
-            b_obs, b_actions, b_rewards, b_next_obs, b_terminations = (
-                torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)
-            )
-            loss, q_values = train(b_obs, b_actions, b_rewards, b_next_obs, b_terminations)
+            loss, q_values = train(*(torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)))
             updates += 1
             if updates % args.target_network_frequency == 0:
                 update_target()
             if updates % args.publish_interval == 0:
-                pool.publish(flat_parameters())
+                pool.ch.publish(flat_parameters())
             if device.type == "cuda":
                 torch.cuda.synchronize()  # the update is only done when the device is
-            update_time += time.perf_counter() - t0
+            timing["update"] += time.perf_counter() - t0
 
             if updates % 100 == 0:
                 # TRY NOT TO MODIFY: record losses and throughput for plotting purposes
@@ -727,13 +617,15 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/q_values", q_values.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/learner_updates_per_s", (updates - window_updates) / (now - window_start), global_step)
-                writer.add_scalar("charts/queue_depth", pool.queue_depth(), global_step)
+                queue_depth = (
+                    sum(pool.ch.chunks_sent) - pool.chunks_received.sum()
+                )  # chunks sent, not received (no qsize() on macOS)
+                writer.add_scalar("charts/queue_depth", queue_depth, global_step)
                 writer.add_scalar("charts/policy_lag", float(np.mean(lags)) if lags else 0.0, global_step)
                 writer.add_scalar("charts/dropped_transitions", pool.dropped, global_step)
-                writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                env_time = inference_time = update_time = 0.0
+                for phase, seconds in timing.items():
+                    writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                timing = dict.fromkeys(timing, 0.0)
                 window_start, window_step, window_updates, lags = now, global_step, updates, []
                 progress.set_postfix(SPS=sps, ret=last_return)
                 if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
@@ -746,7 +638,6 @@ if __name__ == "__main__":
         raise SystemExit(f"{script}: {str(error).splitlines()[0]}") from None
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        progress.close()
         pool.close()  # stop event, joins with timeouts; the shared memory goes with the processes
 
     if args.save_model:
@@ -754,8 +645,8 @@ if __name__ == "__main__":
         save_file({k: v.detach().cpu().contiguous() for k, v in q_network.state_dict().items()}, model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", QNetwork, args.n_quantiles,
-            epsilon=args.end_e, capture_video=args.capture_video, seed=args.seed,
+            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", QNetwork, device, args.capture_video,
+            args.seed, epsilon=args.end_e, n_quantiles=args.n_quantiles,
         )  # fmt: skip
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -17,7 +17,7 @@ SMOKE = {
     "ppo": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
     "a2c": ["--env-id", "CartPole-v1", "--total-timesteps", "2000", "--eval-episodes", "2"],
     "a2c:continuous": ["--env-id", "Pendulum-v1", "--total-timesteps", "1000", "--eval-episodes", "1"],
-    # the in-process actor: deterministic (the multi-process paths are in test_qrdqn_actor_learner.py)
+    # the in-process actor: deterministic (the multi-process paths are in test_parity_qrdqn_actor_learner.py)
     "qrdqn_actor_learner": ["--env-id", "CartPole-v1", "--num-actors", "0", "--total-timesteps", "2000", "--eval-episodes", "2"],
     "ppo_atari": [
         "--num-envs",

@@ -228,7 +228,7 @@ def test_no_lost_or_duplicated_transitions_behind_a_slow_learner():
         while chunks.min() < 12:
             message = receive(pool)
             chunks[message[1]] += 1
-            waits.append(message[6][2])
+            waits.append(message[6]["wait"])
             time.sleep(0.02)  # an artificially slow learner: the actors fill their rings and must wait
     finally:
         pool.close()
@@ -269,7 +269,7 @@ def test_versions_are_monotonic_and_final_weights_are_the_last_publish():
         until_both_hold(1)
         for _ in range(5):
             last = rng.normal(size=n_params).astype(np.float32)
-            last_version = pool.publish(last)
+            last_version = pool.ch.publish(last)
             until_both_hold(last_version)
     finally:
         exits = pool.close()

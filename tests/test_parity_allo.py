@@ -49,12 +49,26 @@ def expected_offset(episode_len, gamma):
     return np.mean(means)
 
 
-@pytest.mark.parametrize("sampler", ["sample_batch", "sample_batch_loop"])
+def sample_batch_loop(episodes, batch_size, gamma, rng):
+    """The scripts' sample_batch one sample at a time, as the authors' buffer gathers them: a slow reference."""
+    num_episodes, episode_len = episodes.shape
+    ids = np.empty(4 * batch_size, dtype=episodes.dtype)
+    for i in range(batch_size):
+        e, t = rng.integers(num_episodes), rng.integers(episode_len - 1)
+        ids[i] = episodes[e, t]
+        ids[batch_size + i] = episodes[e, t + 1 + A_MLX.truncated_geometric(np.array(episode_len - 1 - t), gamma, rng)]
+    for j in (2, 3):
+        for i in range(batch_size):
+            ids[j * batch_size + i] = episodes[rng.integers(num_episodes), rng.integers(episode_len)]
+    return ids
+
+
+@pytest.mark.parametrize("sampler", [A_MLX.sample_batch, sample_batch_loop])
 @pytest.mark.parametrize("gamma", [0.9, 0.99])
 def test_pairs_stay_inside_their_episode(sampler, gamma):
-    num_episodes, episode_len, batch = 40, 51, 4096 if sampler == "sample_batch" else 1024
+    num_episodes, episode_len, batch = 40, 51, 4096 if sampler is A_MLX.sample_batch else 1024
     episodes = np.arange(num_episodes * episode_len).reshape(num_episodes, episode_len)  # id encodes (episode, step)
-    ids = getattr(A_MLX, sampler)(episodes, batch, gamma, np.random.default_rng(0))
+    ids = sampler(episodes, batch, gamma, np.random.default_rng(0))
     assert ids.shape == (4 * batch,)
     ep, t = np.divmod(ids, episode_len)
     np.testing.assert_array_equal(ep[:batch], ep[batch : 2 * batch])  # s and s' from one episode
