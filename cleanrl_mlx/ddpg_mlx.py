@@ -1,10 +1,6 @@
-"""DDPG (Deep Deterministic Policy Gradient) for continuous actions (MuJoCo, classic control) in MLX; its
-PyTorch twin is cleanrl_torch_reference/ddpg_torch.py.
+"""DDPG in MLX, as CleanRL's ddpg_continuous_action.py: same defaults, updates and logged tags.
 
-Mirrors CleanRL's ddpg_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/ddpg/#ddpg_continuous_actionpy):
-same defaults, same updates, same logged tags.
-
-Usage: python cleanrl_mlx/ddpg_mlx.py --env-id Hopper-v5
+Twin: cleanrl_torch_reference/ddpg_torch.py. Docs: docs/ddpg.md. Run: python cleanrl_mlx/ddpg_mlx.py --env-id Hopper-v5
 """
 
 import ctypes
@@ -21,28 +17,23 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+# Linux mlx[cpu] bundles a reference BLAS ~30x slower than OpenBLAS: load the system's before MLX so MLX binds to it
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"  # opt out on Linux: CLEANRL_MLX_BLAS=bundled
 if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
     try:
         ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
         BLAS = "openblas"
     except OSError:
         BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 from mlx.utils import tree_flatten, tree_map  # noqa: E402
 
-# tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
-# entry in sys.modules makes that import fail, so tensorboardX goes on without it
-sys.modules.setdefault("torch", None)
+sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
 
-if sys.modules["torch"] is None:
+if sys.modules["torch"] is None:  # let later code import torch again
     del sys.modules["torch"]
 
 
@@ -94,23 +85,13 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    limits = {  # field: (valid?, what it must be)
-        "seed": (args.seed >= 0, "non-negative"),
-        "eval_episodes": (args.eval_episodes > 0, "positive"),
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "num_envs": (args.num_envs > 0, "positive"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "exploration_noise": (args.exploration_noise >= 0, "non-negative"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "policy_frequency": (args.policy_frequency > 0, "positive"),
-    }
-    for name, (valid, must) in limits.items():
+    positive = ("eval_episodes", "total_timesteps", "learning_rate", "num_envs", "buffer_size", "batch_size", "policy_frequency")
+    limits = {f: (getattr(args, f) > 0, "positive") for f in positive}
+    limits |= {f: (getattr(args, f) >= 0, "non-negative") for f in ("seed", "exploration_noise", "learning_starts")}
+    limits |= {"gamma": (0 <= args.gamma <= 1, "in [0, 1]"), "tau": (0 < args.tau <= 1, "in (0, 1]")}
+    for flag, (valid, must) in limits.items():
         if not valid:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+            raise SystemExit(f"{script}: --{flag.replace('_', '-')} must be {must}, got {getattr(args, flag)}")
     if args.device not in ("gpu", "cpu"):
         raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.learning_starts >= args.total_timesteps:
@@ -141,6 +122,14 @@ def make_env(env_id, idx, capture_video, run_name):
         return env
 
     return thunk
+
+
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
 
 
 # ALGO LOGIC: initialize agent here:
@@ -200,34 +189,18 @@ def polyak_update(online, target, tau):
 
 def make_optimizers(actor, qf, args):
     """Adam (eps 1e-8, bias-corrected) for the critic and for the actor, at args.learning_rate."""
-    q_optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)
-    actor_optimizer = optim.Adam(learning_rate=args.learning_rate, bias_correction=True)
-    q_optimizer.init(qf.trainable_parameters())  # the compiled step captures this state, so it must exist
-    actor_optimizer.init(actor.trainable_parameters())
-    return q_optimizer, actor_optimizer
+    optimizers = [optim.Adam(learning_rate=args.learning_rate, bias_correction=True) for _ in range(2)]
+    for optimizer, params in zip(optimizers, (qf.trainable_parameters(), actor.trainable_parameters())):
+        optimizer.init(params)  # the compiled step captures this state, so it must exist
+    return optimizers
 
 
-def train_step(
-    actor,
-    qf,
-    target_actor,
-    qf_target,
-    q_optimizer,
-    actor_optimizer,
-    obs,
-    actions,
-    next_obs,
-    rewards,
-    dones,
-    *,
-    update_actor,
-    gamma,
-    tau,
-):
-    """One gradient step of CleanRL's loop body: the critic; if `update_actor` (every policy_frequency
-    steps), the actor and then the polyak update of both target networks. Returns (qf1_loss, qf1_values,
-    actor_loss)."""
-    next_q_value = ddpg_target(target_actor, qf_target, next_obs, rewards, dones, gamma)
+def train_step(actor, qf, target_actor, qf_target, optimizers, batch, *, update_actor, args):
+    """One step of CleanRL's loop body on (obs, actions, next_obs, rewards, dones): the critic; if `update_actor`, the
+    actor and then the polyak update of both targets. Returns (qf1_loss, qf1_values, actor_loss)."""
+    obs, actions, next_obs, rewards, dones = batch
+    q_optimizer, actor_optimizer = optimizers
+    next_q_value = ddpg_target(target_actor, qf_target, next_obs, rewards, dones, args.gamma)
     (qf1_loss, qf1_values), grads = nn.value_and_grad(qf, partial(critic_loss, qf))(obs, actions, next_q_value)
     q_optimizer.update(qf, grads)
     actor_loss = mx.zeros(())
@@ -235,22 +208,13 @@ def train_step(
         actor_loss, grads = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))(obs)
         actor_optimizer.update(actor, grads)
         # update the target network
-        polyak_update(actor, target_actor, tau)
-        polyak_update(qf, qf_target, tau)
+        polyak_update(actor, target_actor, args.tau)
+        polyak_update(qf, qf_target, args.tau)
     return qf1_loss, qf1_values, actor_loss
 
 
 def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=mx.cpu,
-    capture_video=True,
-    exploration_noise=0.1,
-    seed=1,
+    model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, exploration_noise=0.1
 ):
     """Roll out the saved actor with its exploration noise (as CleanRL's ddpg_eval) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
@@ -259,8 +223,7 @@ def evaluate(
     space = envs.single_action_space
     mx.set_default_device(device)
     actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high)
-    weights = mx.load(model_path)
-    actor.load_weights([(k[len("actor.") :], v) for k, v in weights.items() if k.startswith("actor.")])
+    actor.load_weights([(k.removeprefix("actor."), v) for k, v in mx.load(model_path).items() if k.startswith("actor.")])
     obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
@@ -268,11 +231,9 @@ def evaluate(
         # as in CleanRL, one exploration-noise vector (one value per action dimension) for all envs
         actions = actions + mx.random.normal(actor.action_scale.shape) * actor.action_scale * exploration_noise
         obs, _, _, _, infos = envs.step(np.array(actions).clip(space.low, space.high))
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -281,24 +242,6 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("ddpg_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    device = mx.gpu if args.device == "gpu" else mx.cpu
-    mx.set_default_device(device)
-    print(f"ddpg_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    mx.random.seed(args.seed)
-
     if args.track:
         import wandb
 
@@ -319,6 +262,20 @@ if __name__ == "__main__":
         % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
     )
 
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
     actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high)
@@ -327,7 +284,7 @@ if __name__ == "__main__":
     qf_target = QNetwork(obs_dim, act_dim)
     target_actor.update(actor.parameters())
     qf_target.update(qf.parameters())
-    q_optimizer, actor_optimizer = make_optimizers(actor, qf, args)
+    optimizers = make_optimizers(actor, qf, args)
 
     # ALGO LOGIC: compiled hot paths, capturing the live module, optimizer and random state (no copies)
     @partial(mx.compile, inputs=[actor.state, mx.random.state], outputs=[mx.random.state])
@@ -336,28 +293,25 @@ if __name__ == "__main__":
         # as in CleanRL, one exploration-noise vector (one value per action dimension) for all envs
         return actions + mx.random.normal(actor.action_scale.shape) * actor.action_scale * args.exploration_noise
 
-    state = [actor.state, qf.state, target_actor.state, qf_target.state, q_optimizer.state, actor_optimizer.state]
-    step = partial(train_step, actor, qf, target_actor, qf_target, q_optimizer, actor_optimizer, gamma=args.gamma, tau=args.tau)
+    state = [actor.state, qf.state, target_actor.state, qf_target.state, *(optimizer.state for optimizer in optimizers)]
+    step = partial(train_step, actor, qf, target_actor, qf_target, optimizers, args=args)
     # one compiled graph with the delayed actor update and one without, each built on first use
     train = {a: mx.compile(partial(step, update_actor=a), inputs=state, outputs=state) for a in (False, True)}
 
     # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
-    rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
-    rb_next_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
+    rb_obs, rb_next_obs = np.zeros((2, args.buffer_size, obs_dim), dtype=np.float32)
     rb_actions = np.zeros((args.buffer_size, act_dim), dtype=np.float32)
-    rb_rewards = np.zeros(args.buffer_size, dtype=np.float32)
-    rb_dones = np.zeros(args.buffer_size, dtype=np.float32)  # terminations only: truncation bootstraps
-    rb_pos, rb_full = 0, False
+    rb_rewards, rb_dones = np.zeros((2, args.buffer_size), dtype=np.float32)  # dones: terminations only, truncation bootstraps
+    rb_count = 0  # transitions added so far
 
     # TRY NOT TO MODIFY: start the game
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
     actor_loss = mx.array(float("nan"))  # logged before the first actor update (policy_frequency > 100)
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
         # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         if global_step < args.learning_starts:
@@ -371,70 +325,56 @@ if __name__ == "__main__":
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                last_return = float(infos["final_info"]["episode"]["r"][i])
-                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                writer.add_scalar("charts/episodic_return", last_return, global_step)
-                writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+        for last_return, length in finished_episodes(infos):
+            tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", length, global_step)
 
         # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
-        real_next_obs = next_obs.copy()
-        if "final_obs" in infos:
-            for i in np.flatnonzero(infos["_final_obs"]):
-                real_next_obs[i] = infos["final_obs"][i]
-        idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
-            obs.reshape(args.num_envs, -1),
-            real_next_obs.reshape(args.num_envs, -1),
-            actions,
-        )
+        idx = (rb_count + np.arange(args.num_envs)) % args.buffer_size
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs, next_obs, actions
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
-        rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
-        rb_pos = (rb_pos + args.num_envs) % args.buffer_size
+        if "final_obs" in infos:  # next_obs of a finished episode is already the reset's: store the true final obs
+            for i in np.flatnonzero(infos["_final_obs"]):
+                rb_next_obs[idx[i]] = infos["final_obs"][i]
+        rb_count += args.num_envs
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
-            b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
-            data = [mx.array(a[b]) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
+            t2 = time.perf_counter()
+            b = np.random.randint(0, min(rb_count, args.buffer_size), size=args.batch_size)
+            batch = [mx.array(a[b]) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
             update_actor = global_step % args.policy_frequency == 0
-            stats = train[update_actor](*data)
+            stats = train[update_actor](batch)
             mx.eval(stats, state)  # one sync per gradient step
             if update_actor:
                 actor_loss = stats[2]  # as in CleanRL, the logged actor loss is the latest one computed
-            update_time += time.perf_counter() - t2
+            timing["update"] += time.perf_counter() - t2
 
             if global_step % 100 == 0:
                 qf1_loss, qf1_values = (s.item() for s in stats[:2])
-                steps_since_log = (global_step - last_log_step) * args.num_envs
-                sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("losses/qf1_values", qf1_values, global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
                 writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
+                sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                env_time = inference_time = update_time = 0.0
+                steps_since_log = (global_step - last_log_step) * args.num_envs
+                for phase, seconds in timing.items():
+                    writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                timing = dict.fromkeys(timing, 0.0)
                 last_log_step = global_step
                 progress.set_postfix(SPS=sps, ret=last_return)
                 if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
                     print("SPS:", sps)
-        if global_step % 100 == 0:
-            progress.update(global_step - progress.n)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        weights = {f"actor.{k}": v for k, v in tree_flatten(actor.parameters())}
-        weights |= {f"qf.{k}": v for k, v in tree_flatten(qf.parameters())}
-        mx.save_safetensors(model_path, weights)
+        mx.save_safetensors(model_path, dict(tree_flatten({"actor": actor.parameters(), "qf": qf.parameters()})))
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
             model_path,
@@ -443,10 +383,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Actor,
-            device=device,
-            capture_video=args.capture_video,
+            device,
+            args.capture_video,
+            args.seed,
             exploration_noise=args.exploration_noise,
-            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,10 +1,6 @@
-"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in MLX; its PyTorch twin is
-cleanrl_torch_reference/sac_torch.py.
+"""Soft Actor-Critic for continuous actions in MLX, as CleanRL's sac_continuous_action.py: same defaults, updates and logged tags.
 
-Mirrors CleanRL's sac_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy):
-same defaults, same updates, same logged tags.
-
-Usage: python cleanrl_mlx/sac_mlx.py --env-id Hopper-v5
+Twin: cleanrl_torch_reference/sac_torch.py. Docs: docs/sac.md. Run: python cleanrl_mlx/sac_mlx.py --env-id Hopper-v5
 """
 
 import ctypes
@@ -22,28 +18,23 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+# Linux mlx[cpu] bundles a reference BLAS ~30x slower than OpenBLAS: load the system's before MLX so MLX binds to it
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"  # opt out on Linux: CLEANRL_MLX_BLAS=bundled
 if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
     try:
         ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
         BLAS = "openblas"
     except OSError:
         BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 from mlx.utils import tree_flatten, tree_map  # noqa: E402
 
-# tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
-# entry in sys.modules makes that import fail, so tensorboardX goes on without it
-sys.modules.setdefault("torch", None)
+sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
 
-if sys.modules["torch"] is None:
+if sys.modules["torch"] is None:  # let later code import torch again
     del sys.modules["torch"]
 
 
@@ -101,25 +92,13 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    limits = {  # field: (valid?, what it must be)
-        "seed": (args.seed >= 0, "non-negative"),
-        "eval_episodes": (args.eval_episodes > 0, "positive"),
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "num_envs": (args.num_envs > 0, "positive"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "policy_lr": (args.policy_lr > 0, "positive"),
-        "q_lr": (args.q_lr > 0, "positive"),
-        "policy_frequency": (args.policy_frequency > 0, "positive"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "alpha": (args.alpha > 0, "positive"),
-    }
-    for name, (valid, must) in limits.items():
+    positive = ("eval_episodes", "total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_lr", "q_lr", "alpha")
+    limits = {f: (getattr(args, f) > 0, "positive") for f in positive + ("policy_frequency", "target_network_frequency")}
+    limits |= {f: (getattr(args, f) >= 0, "non-negative") for f in ("seed", "learning_starts")}
+    limits |= {"gamma": (0 <= args.gamma <= 1, "in [0, 1]"), "tau": (0 < args.tau <= 1, "in (0, 1]")}
+    for flag, (valid, must) in limits.items():
         if not valid:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+            raise SystemExit(f"{script}: --{flag.replace('_', '-')} must be {must}, got {getattr(args, flag)}")
     if args.device not in ("gpu", "cpu"):
         raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.learning_starts >= args.total_timesteps:
@@ -152,10 +131,17 @@ def make_env(env_id, idx, capture_video, run_name):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 # ALGO LOGIC: initialize agent here:
 class StackedLinear(nn.Module):
-    """`n` independent Linear layers held as one (n, out, in) weight: the twin critics run as one
-    batched matmul. Initialised per element as nn.Linear is (uniform in +-1/sqrt(in))."""
+    """`n` independent Linears in one (n, out, in) weight, so the twin critics are one matmul; each initialised as nn.Linear."""
 
     def __init__(self, n, input_dims, output_dims):
         super().__init__()
@@ -208,31 +194,22 @@ class Actor(nn.Module):
         return mean, log_std
 
     def get_action(self, x, eps=None):
-        """Sample (reparameterised); `eps` is standard-normal noise, drawn here unless given (tests share it)."""
+        """Reparameterised tanh-squashed Gaussian sample, its log-prob (with the tanh/scale correction) and the mean
+        action; `eps` is standard-normal noise, drawn here unless given (tests share it)."""
         mean, log_std = self(x)
-        return squashed_gaussian(
-            mean, log_std, mx.random.normal(mean.shape) if eps is None else eps, self.action_scale, self.action_bias
-        )
-
-
-def squashed_gaussian(mean, log_std, eps, action_scale, action_bias):
-    """tanh-squashed Gaussian sample (reparameterised), its log-prob with the tanh/scale correction,
-    and the deterministic (mean) action."""
-    x_t = mean + mx.exp(log_std) * eps
-    y_t = mx.tanh(x_t)
-    action = y_t * action_scale + action_bias
-    log_prob = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(x_t)
-    # Enforcing Action Bound
-    log_prob = log_prob - mx.log(action_scale * (1 - y_t**2) + 1e-6)
-    log_prob = log_prob.sum(1, keepdims=True)
-    return action, log_prob, mx.tanh(mean) * action_scale + action_bias
+        eps = mx.random.normal(mean.shape) if eps is None else eps
+        y_t = mx.tanh(mean + mx.exp(log_std) * eps)  # reparameterization trick (mean + std * N(0,1))
+        action = y_t * self.action_scale + self.action_bias
+        log_prob = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(mean + std * eps)
+        # Enforcing Action Bound
+        log_prob = (log_prob - mx.log(self.action_scale * (1 - y_t**2) + 1e-6)).sum(1, keepdims=True)
+        return action, log_prob, mx.tanh(mean) * self.action_scale + self.action_bias
 
 
 def soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps):
     """r + gamma * (1 - done) * (min_i Q_i'(s', a') - alpha * log pi(a'|s')), a' ~ pi(s'); no gradient."""
     next_state_actions, next_state_log_pi, _ = actor.get_action(next_obs, eps)
-    q_next = qf_target(next_obs, next_state_actions)
-    min_qf_next_target = mx.min(q_next, axis=0) - alpha * next_state_log_pi.squeeze(-1)
+    min_qf_next_target = mx.min(qf_target(next_obs, next_state_actions), axis=0) - alpha * next_state_log_pi.squeeze(-1)
     return mx.stop_gradient(rewards + (1 - dones) * gamma * min_qf_next_target)
 
 
@@ -245,8 +222,7 @@ def critic_loss(qf, obs, actions, next_q_value):
 
 def actor_loss_fn(actor, qf, obs, alpha, eps):
     pi, log_pi, _ = actor.get_action(obs, eps)
-    min_qf_pi = mx.min(qf(obs, pi), axis=0)
-    return (alpha * log_pi.squeeze(-1) - min_qf_pi).mean()
+    return (alpha * log_pi.squeeze(-1) - mx.min(qf(obs, pi), axis=0)).mean()
 
 
 def alpha_loss_fn(log_alpha, log_pi, target_entropy):
@@ -260,75 +236,39 @@ def polyak_update(online, target, tau):
 
 def make_optimizers(actor, qf, log_alpha, args):
     """Adam (eps 1e-8, bias-corrected) for the critics (q_lr), the actor (policy_lr) and log-alpha (q_lr)."""
-    q_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)
-    actor_optimizer = optim.Adam(learning_rate=args.policy_lr, bias_correction=True)
-    a_optimizer = optim.Adam(learning_rate=args.q_lr, bias_correction=True)
-    q_optimizer.init(qf.trainable_parameters())  # the compiled step captures this state, so it must exist
-    actor_optimizer.init(actor.trainable_parameters())
-    a_optimizer.init(log_alpha)
-    return q_optimizer, actor_optimizer, a_optimizer
+    optimizers = [optim.Adam(learning_rate=lr, bias_correction=True) for lr in (args.q_lr, args.policy_lr, args.q_lr)]
+    for optimizer, params in zip(optimizers, (qf.trainable_parameters(), actor.trainable_parameters(), log_alpha)):
+        optimizer.init(params)  # the compiled step captures this state, so it must exist
+    return optimizers
 
 
-def train_step(
-    actor,
-    qf,
-    qf_target,
-    log_alpha,
-    q_optimizer,
-    actor_optimizer,
-    a_optimizer,
-    obs,
-    actions,
-    next_obs,
-    rewards,
-    dones,
-    eps,
-    *,
-    update_actor,
-    update_target,
-    gamma,
-    tau,
-    policy_frequency,
-    autotune,
-    target_entropy,
-):
-    """One gradient step of CleanRL's loop body: the critics; if `update_actor` (every policy_frequency
-    steps), policy_frequency actor (and, with autotune, alpha) updates on the same batch; if `update_target`,
-    the polyak update. `eps` is standard-normal noise for every sample drawn, (1 + 2 * policy_frequency, B,
-    act_dim) with the actor step, else (1, B, act_dim): eps[0] for the target, eps[2i + 1] and eps[2i + 2]
-    for the i-th actor and alpha updates.
-    Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss, alpha_loss)."""
+def train_step(actor, qf, qf_target, log_alpha, optimizers, batch, eps, *, update_actor, update_target, target_entropy, args):
+    """One step of CleanRL's loop body: the critics; if `update_actor`, policy_frequency actor (and alpha) steps; if
+    `update_target`, the polyak update. Noise: eps[0] for the target, eps[2i + 1] and eps[2i + 2] for the i-th actor and
+    alpha steps. Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss, alpha_loss)."""
+    obs, actions, next_obs, rewards, dones = batch
+    q_optimizer, actor_optimizer, a_optimizer = optimizers
     alpha = mx.exp(log_alpha["log_alpha"])
-    next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps[0])
+    next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, args.gamma, eps[0])
     (qf_loss, q_stats), grads = nn.value_and_grad(qf, partial(critic_loss, qf))(obs, actions, next_q_value)
     q_optimizer.update(qf, grads)
     actor_loss = alpha_loss = mx.zeros(())
     if update_actor:
-        for i in range(policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
+        for i in range(args.policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
             actor_loss, grads = nn.value_and_grad(actor, partial(actor_loss_fn, actor, qf))(obs, alpha, eps[2 * i + 1])
             actor_optimizer.update(actor, grads)
-            if autotune:
+            if args.autotune:
                 _, log_pi, _ = actor.get_action(obs, eps[2 * i + 2])
                 alpha_loss, grad = mx.value_and_grad(alpha_loss_fn)(log_alpha["log_alpha"], log_pi, target_entropy)
                 log_alpha.update(a_optimizer.apply_gradients({"log_alpha": grad}, log_alpha))
                 alpha = mx.exp(log_alpha["log_alpha"])
     # update the target networks
     if update_target:
-        polyak_update(qf, qf_target, tau)
+        polyak_update(qf, qf_target, args.tau)
     return (qf_loss,) + q_stats + (actor_loss, alpha_loss)
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=mx.cpu,
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1):
     """Roll out the saved actor's deterministic (mean) action for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -336,18 +276,15 @@ def evaluate(
     space = envs.single_action_space
     mx.set_default_device(device)
     actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high)
-    weights = mx.load(model_path)
-    actor.load_weights([(k[len("actor.") :], v) for k, v in weights.items() if k.startswith("actor.")])
+    actor.load_weights([(k.removeprefix("actor."), v) for k, v in mx.load(model_path).items() if k.startswith("actor.")])
     obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         _, _, actions = actor.get_action(mx.array(obs, dtype=mx.float32))
         obs, _, _, _, infos = envs.step(np.array(actions))
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -356,24 +293,6 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("sac_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    device = mx.gpu if args.device == "gpu" else mx.cpu
-    mx.set_default_device(device)
-    print(f"sac_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    mx.random.seed(args.seed)
-
     if args.track:
         import wandb
 
@@ -394,6 +313,20 @@ if __name__ == "__main__":
         % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
     )
 
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
     actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high)
@@ -404,42 +337,36 @@ if __name__ == "__main__":
     # Automatic entropy tuning (log-alpha stays log(args.alpha) without it)
     target_entropy = -float(act_dim)
     log_alpha = {"log_alpha": mx.array([0.0 if args.autotune else math.log(args.alpha)])}  # a dict the compiled step updates
-    q_optimizer, actor_optimizer, a_optimizer = make_optimizers(actor, qf, log_alpha, args)
+    optimizers = make_optimizers(actor, qf, log_alpha, args)
 
     # ALGO LOGIC: compiled hot paths, capturing the live module, optimizer and random state (no copies)
     @partial(mx.compile, inputs=[actor.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
         return actor.get_action(x)[0]
 
-    state = [actor.state, qf.state, qf_target.state, log_alpha, q_optimizer.state, actor_optimizer.state, a_optimizer.state]
-    hyperparameters = dict(gamma=args.gamma, tau=args.tau, policy_frequency=args.policy_frequency, autotune=args.autotune)
-    step = partial(train_step, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, a_optimizer, **hyperparameters)
+    state = [actor.state, qf.state, qf_target.state, log_alpha, *(optimizer.state for optimizer in optimizers)]
+    step = partial(train_step, actor, qf, qf_target, log_alpha, optimizers, target_entropy=target_entropy, args=args)
     # one compiled graph per (actor update?, target update?) combination, each built on first use
     train = {
-        (a, t): mx.compile(
-            partial(step, update_actor=a, update_target=t, target_entropy=target_entropy), inputs=state, outputs=state
-        )
+        (a, t): mx.compile(partial(step, update_actor=a, update_target=t), inputs=state, outputs=state)
         for a in (False, True)
         for t in (False, True)
     }
 
     # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
-    rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
-    rb_next_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
+    rb_obs, rb_next_obs = np.zeros((2, args.buffer_size, obs_dim), dtype=np.float32)
     rb_actions = np.zeros((args.buffer_size, act_dim), dtype=np.float32)
-    rb_rewards = np.zeros(args.buffer_size, dtype=np.float32)
-    rb_dones = np.zeros(args.buffer_size, dtype=np.float32)  # terminations only: truncation bootstraps
-    rb_pos, rb_full = 0, False
+    rb_rewards, rb_dones = np.zeros((2, args.buffer_size), dtype=np.float32)  # dones: terminations only, truncation bootstraps
+    rb_count = 0  # transitions added so far
 
     # TRY NOT TO MODIFY: start the game
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
     actor_loss = alpha_loss = mx.array(float("nan"))  # logged before the first actor update (policy_frequency > 100)
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
         # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         if global_step < args.learning_starts:
@@ -452,51 +379,41 @@ if __name__ == "__main__":
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                last_return = float(infos["final_info"]["episode"]["r"][i])
-                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                writer.add_scalar("charts/episodic_return", last_return, global_step)
-                writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+        for last_return, length in finished_episodes(infos):
+            tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", length, global_step)
 
         # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
-        real_next_obs = next_obs.copy()
-        if "final_obs" in infos:
-            for i in np.flatnonzero(infos["_final_obs"]):
-                real_next_obs[i] = infos["final_obs"][i]
-        idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
-            obs.reshape(args.num_envs, -1),
-            real_next_obs.reshape(args.num_envs, -1),
-            actions,
-        )
+        idx = (rb_count + np.arange(args.num_envs)) % args.buffer_size
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs, next_obs, actions
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
-        rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
-        rb_pos = (rb_pos + args.num_envs) % args.buffer_size
+        if "final_obs" in infos:  # next_obs of a finished episode is already the reset's: store the true final obs
+            for i in np.flatnonzero(infos["_final_obs"]):
+                rb_next_obs[idx[i]] = infos["final_obs"][i]
+        rb_count += args.num_envs
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
-            b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
-            data = [mx.array(a[b]) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
+            t2 = time.perf_counter()
+            b = np.random.randint(0, min(rb_count, args.buffer_size), size=args.batch_size)
+            batch = [mx.array(a[b]) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
             update_actor = global_step % args.policy_frequency == 0  # TD 3 Delayed update support
             update_target = global_step % args.target_network_frequency == 0
             eps = mx.random.normal((1 + 2 * args.policy_frequency * update_actor, args.batch_size, act_dim))
-            stats = train[update_actor, update_target](*data, eps)
+            stats = train[update_actor, update_target](batch, eps)
             mx.eval(stats, state)  # one sync per gradient step
             if update_actor:
                 actor_loss, alpha_loss = stats[5:]  # as in CleanRL, the logged actor loss is the latest one computed
-            update_time += time.perf_counter() - t2
+            timing["update"] += time.perf_counter() - t2
 
             if global_step % 100 == 0:
                 qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in stats[:5])
-                steps_since_log = (global_step - last_log_step) * args.num_envs
-                sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("losses/qf1_values", qf1_values, global_step)
                 writer.add_scalar("losses/qf2_values", qf2_values, global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
@@ -506,24 +423,20 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/alpha", mx.exp(log_alpha["log_alpha"]).item(), global_step)
                 if args.autotune:
                     writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+                sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                env_time = inference_time = update_time = 0.0
+                steps_since_log = (global_step - last_log_step) * args.num_envs
+                for phase, seconds in timing.items():
+                    writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                timing = dict.fromkeys(timing, 0.0)
                 last_log_step = global_step
                 progress.set_postfix(SPS=sps, ret=last_return)
                 if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
                     print("SPS:", sps)
-        if global_step % 100 == 0:
-            progress.update(global_step - progress.n)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        weights = {f"actor.{k}": v for k, v in tree_flatten(actor.parameters())}
-        weights |= {f"qf.{k}": v for k, v in tree_flatten(qf.parameters())}
-        mx.save_safetensors(model_path, weights)
+        mx.save_safetensors(model_path, dict(tree_flatten({"actor": actor.parameters(), "qf": qf.parameters()})))
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
             model_path,
@@ -532,9 +445,9 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Actor,
-            device=device,
-            capture_video=args.capture_video,
-            seed=args.seed,
+            device,
+            args.capture_video,
+            args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,10 +1,6 @@
-"""Soft Actor-Critic for continuous actions (MuJoCo, classic control) in PyTorch (eager, as CleanRL writes
-it): the reference twin of cleanrl_mlx/sac_mlx.py.
+"""Soft Actor-Critic for continuous actions in eager PyTorch: the reference twin of cleanrl_mlx/sac_mlx.py.
 
-Mirrors CleanRL's sac_continuous_action.py (https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy):
-same defaults, same updates, same logged tags.
-
-Usage: python cleanrl_torch_reference/sac_torch.py --env-id Hopper-v5
+Docs: docs/sac.md. Run: python cleanrl_torch_reference/sac_torch.py --env-id Hopper-v5
 """
 
 import math
@@ -84,25 +80,13 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    limits = {  # field: (valid?, what it must be)
-        "seed": (args.seed >= 0, "non-negative"),
-        "eval_episodes": (args.eval_episodes > 0, "positive"),
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "num_envs": (args.num_envs > 0, "positive"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "policy_lr": (args.policy_lr > 0, "positive"),
-        "q_lr": (args.q_lr > 0, "positive"),
-        "policy_frequency": (args.policy_frequency > 0, "positive"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "alpha": (args.alpha > 0, "positive"),
-    }
-    for name, (valid, must) in limits.items():
+    positive = ("eval_episodes", "total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_lr", "q_lr", "alpha")
+    limits = {f: (getattr(args, f) > 0, "positive") for f in positive + ("policy_frequency", "target_network_frequency")}
+    limits |= {f: (getattr(args, f) >= 0, "non-negative") for f in ("seed", "learning_starts")}
+    limits |= {"gamma": (0 <= args.gamma <= 1, "in [0, 1]"), "tau": (0 < args.tau <= 1, "in (0, 1]")}
+    for flag, (valid, must) in limits.items():
         if not valid:
-            raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
+            raise SystemExit(f"{script}: --{flag.replace('_', '-')} must be {must}, got {getattr(args, flag)}")
     if args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
@@ -133,10 +117,17 @@ def make_env(env_id, idx, capture_video, run_name):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 # ALGO LOGIC: initialize agent here:
 class StackedLinear(nn.Module):
-    """`n` independent Linear layers held as one (n, out, in) weight: the twin critics run as one
-    batched matmul. Initialised per element as nn.Linear is (uniform in +-1/sqrt(in))."""
+    """`n` independent Linears in one (n, out, in) weight, so the twin critics are one matmul; each initialised as nn.Linear."""
 
     def __init__(self, n, input_dims, output_dims):
         super().__init__()
@@ -188,32 +179,23 @@ class Actor(nn.Module):
         return mean, log_std
 
     def get_action(self, x, eps=None):
-        """Sample (reparameterised); `eps` is standard-normal noise, drawn here unless given (tests share it)."""
+        """Reparameterised tanh-squashed Gaussian sample, its log-prob (with the tanh/scale correction) and the mean
+        action; `eps` is standard-normal noise, drawn here unless given (tests share it)."""
         mean, log_std = self(x)
-        return squashed_gaussian(
-            mean, log_std, torch.randn_like(mean) if eps is None else eps, self.action_scale, self.action_bias
-        )
-
-
-def squashed_gaussian(mean, log_std, eps, action_scale, action_bias):
-    """tanh-squashed Gaussian sample (reparameterised), its log-prob with the tanh/scale correction,
-    and the deterministic (mean) action."""
-    x_t = mean + log_std.exp() * eps
-    y_t = torch.tanh(x_t)
-    action = y_t * action_scale + action_bias
-    log_prob = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(x_t)
-    # Enforcing Action Bound
-    log_prob = log_prob - torch.log(action_scale * (1 - y_t**2) + 1e-6)
-    log_prob = log_prob.sum(1, keepdim=True)
-    return action, log_prob, torch.tanh(mean) * action_scale + action_bias
+        eps = torch.randn_like(mean) if eps is None else eps
+        y_t = torch.tanh(mean + log_std.exp() * eps)  # reparameterization trick (mean + std * N(0,1))
+        action = y_t * self.action_scale + self.action_bias
+        log_prob = -0.5 * eps**2 - log_std - 0.5 * math.log(2 * math.pi)  # Normal(mean, std).log_prob(mean + std * eps)
+        # Enforcing Action Bound
+        log_prob = (log_prob - torch.log(self.action_scale * (1 - y_t**2) + 1e-6)).sum(1, keepdim=True)
+        return action, log_prob, torch.tanh(mean) * self.action_scale + self.action_bias
 
 
 @torch.no_grad()
 def soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps):
     """r + gamma * (1 - done) * (min_i Q_i'(s', a') - alpha * log pi(a'|s')), a' ~ pi(s'); no gradient."""
     next_state_actions, next_state_log_pi, _ = actor.get_action(next_obs, eps)
-    q_next = qf_target(next_obs, next_state_actions)
-    min_qf_next_target = q_next.min(0).values - alpha * next_state_log_pi.squeeze(-1)
+    min_qf_next_target = qf_target(next_obs, next_state_actions).min(0).values - alpha * next_state_log_pi.squeeze(-1)
     return rewards + (1 - dones) * gamma * min_qf_next_target
 
 
@@ -226,8 +208,7 @@ def critic_loss(qf, obs, actions, next_q_value):
 
 def actor_loss_fn(actor, qf, obs, alpha, eps):
     pi, log_pi, _ = actor.get_action(obs, eps)
-    min_qf_pi = qf(obs, pi).min(0).values
-    return (alpha * log_pi.squeeze(-1) - min_qf_pi).mean()
+    return (alpha * log_pi.squeeze(-1) - qf(obs, pi).min(0).values).mean()
 
 
 def alpha_loss_fn(log_alpha, log_pi, target_entropy):
@@ -243,55 +224,30 @@ def polyak_update(online, target, tau):
 
 def make_optimizers(actor, qf, log_alpha, args):
     """Adam (eps 1e-8, bias-corrected) for the critics (q_lr), the actor (policy_lr) and log-alpha (q_lr)."""
-    q_optimizer = optim.Adam(list(qf.parameters()), lr=args.q_lr)
-    actor_optimizer = optim.Adam(list(actor.parameters()), lr=args.policy_lr)
-    a_optimizer = optim.Adam([log_alpha], lr=args.q_lr)
-    return q_optimizer, actor_optimizer, a_optimizer
+    params = (qf.parameters(), actor.parameters(), [log_alpha])
+    return [optim.Adam(p, lr=lr) for p, lr in zip(params, (args.q_lr, args.policy_lr, args.q_lr))]
 
 
-def train_step(
-    actor,
-    qf,
-    qf_target,
-    log_alpha,
-    q_optimizer,
-    actor_optimizer,
-    a_optimizer,
-    obs,
-    actions,
-    next_obs,
-    rewards,
-    dones,
-    eps,
-    *,
-    update_actor,
-    update_target,
-    gamma,
-    tau,
-    policy_frequency,
-    autotune,
-    target_entropy,
-):
-    """One gradient step of CleanRL's loop body: the critics; if `update_actor` (every policy_frequency
-    steps), policy_frequency actor (and, with autotune, alpha) updates on the same batch; if `update_target`,
-    the polyak update. `eps` is standard-normal noise for every sample drawn, (1 + 2 * policy_frequency, B,
-    act_dim) with the actor step, else (1, B, act_dim): eps[0] for the target, eps[2i + 1] and eps[2i + 2]
-    for the i-th actor and alpha updates.
-    Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss, alpha_loss)."""
+def train_step(actor, qf, qf_target, log_alpha, optimizers, batch, eps, *, update_actor, update_target, target_entropy, args):
+    """One step of CleanRL's loop body: the critics; if `update_actor`, policy_frequency actor (and alpha) steps; if
+    `update_target`, the polyak update. Noise: eps[0] for the target, eps[2i + 1] and eps[2i + 2] for the i-th actor and
+    alpha steps. Returns (qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values, actor_loss, alpha_loss)."""
+    obs, actions, next_obs, rewards, dones = batch
+    q_optimizer, actor_optimizer, a_optimizer = optimizers
     alpha = log_alpha.exp().detach()
-    next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, gamma, eps[0])
+    next_q_value = soft_q_target(actor, qf_target, next_obs, rewards, dones, alpha, args.gamma, eps[0])
     qf_loss, q_stats = critic_loss(qf, obs, actions, next_q_value)
     q_optimizer.zero_grad()
     qf_loss.backward()
     q_optimizer.step()
     actor_loss = alpha_loss = torch.zeros(())
     if update_actor:
-        for i in range(policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
+        for i in range(args.policy_frequency):  # compensate for the delay by doing 'actor_update_interval' instead of 1
             actor_loss = actor_loss_fn(actor, qf, obs, alpha, eps[2 * i + 1])
             actor_optimizer.zero_grad()
             actor_loss.backward()
             actor_optimizer.step()
-            if autotune:
+            if args.autotune:
                 with torch.no_grad():
                     _, log_pi, _ = actor.get_action(obs, eps[2 * i + 2])
                 alpha_loss = alpha_loss_fn(log_alpha, log_pi, target_entropy)
@@ -301,41 +257,29 @@ def train_step(
                 alpha = log_alpha.exp().detach()
     # update the target networks
     if update_target:
-        polyak_update(qf, qf_target, tau)
+        polyak_update(qf, qf_target, args.tau)
     return (qf_loss,) + q_stats + (actor_loss, alpha_loss)
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=torch.device("cpu"),
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1):
     """Roll out the saved actor's deterministic (mean) action for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     space = envs.single_action_space
     actor = Model(int(np.prod(envs.single_observation_space.shape)), int(np.prod(space.shape)), space.low, space.high).to(device)
-    weights = load_file(model_path, device=str(device))
-    actor.load_state_dict({k[len("actor.") :]: v for k, v in weights.items() if k.startswith("actor.")})
-    actor.eval()
+    actor.load_state_dict(
+        {k.removeprefix("actor."): v for k, v in load_file(model_path, str(device)).items() if k.startswith("actor.")}
+    )
     obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
             _, _, actions = actor.get_action(torch.Tensor(obs).to(device))
         obs, _, _, _, infos = envs.step(actions.cpu().numpy())
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -344,21 +288,6 @@ if __name__ == "__main__":
     args = tyro.cli(Args)
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"sac_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
     if args.track:
         import wandb
 
@@ -379,6 +308,19 @@ if __name__ == "__main__":
         % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
     )
 
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
     actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high).to(device)
@@ -389,33 +331,25 @@ if __name__ == "__main__":
     # Automatic entropy tuning (log-alpha stays log(args.alpha) without it)
     target_entropy = -float(act_dim)
     log_alpha = torch.tensor([0.0 if args.autotune else math.log(args.alpha)], requires_grad=True, device=device)
-    q_optimizer, actor_optimizer, a_optimizer = make_optimizers(actor, qf, log_alpha, args)
+    optimizers = make_optimizers(actor, qf, log_alpha, args)
 
-    hyperparameters = dict(gamma=args.gamma, tau=args.tau, policy_frequency=args.policy_frequency, autotune=args.autotune)
-    step = partial(train_step, actor, qf, qf_target, log_alpha, q_optimizer, actor_optimizer, a_optimizer, **hyperparameters)
-    train = {
-        (a, t): partial(step, update_actor=a, update_target=t, target_entropy=target_entropy)
-        for a in (False, True)
-        for t in (False, True)
-    }
+    step = partial(train_step, actor, qf, qf_target, log_alpha, optimizers, target_entropy=target_entropy, args=args)
+    train = {(a, t): partial(step, update_actor=a, update_target=t) for a in (False, True) for t in (False, True)}
 
     # ALGO Logic: replay buffer (numpy; one row per env transition, the true final obs on episode ends)
-    rb_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
-    rb_next_obs = np.zeros((args.buffer_size, obs_dim), dtype=np.float32)
+    rb_obs, rb_next_obs = np.zeros((2, args.buffer_size, obs_dim), dtype=np.float32)
     rb_actions = np.zeros((args.buffer_size, act_dim), dtype=np.float32)
-    rb_rewards = np.zeros(args.buffer_size, dtype=np.float32)
-    rb_dones = np.zeros(args.buffer_size, dtype=np.float32)  # terminations only: truncation bootstraps
-    rb_pos, rb_full = 0, False
+    rb_rewards, rb_dones = np.zeros((2, args.buffer_size), dtype=np.float32)  # dones: terminations only, truncation bootstraps
+    rb_count = 0  # transitions added so far
 
     # TRY NOT TO MODIFY: start the game
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
     actor_loss = alpha_loss = torch.tensor(float("nan"))  # logged before the first actor update (policy_frequency > 100)
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
         # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         if global_step < args.learning_starts:
@@ -430,52 +364,42 @@ if __name__ == "__main__":
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                last_return = float(infos["final_info"]["episode"]["r"][i])
-                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                writer.add_scalar("charts/episodic_return", last_return, global_step)
-                writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+        for last_return, length in finished_episodes(infos):
+            tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", length, global_step)
 
         # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
-        real_next_obs = next_obs.copy()
-        if "final_obs" in infos:
-            for i in np.flatnonzero(infos["_final_obs"]):
-                real_next_obs[i] = infos["final_obs"][i]
-        idx = (rb_pos + np.arange(args.num_envs)) % args.buffer_size
-        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = (
-            obs.reshape(args.num_envs, -1),
-            real_next_obs.reshape(args.num_envs, -1),
-            actions,
-        )
+        idx = (rb_count + np.arange(args.num_envs)) % args.buffer_size
+        rb_obs[idx], rb_next_obs[idx], rb_actions[idx] = obs, next_obs, actions
         rb_rewards[idx], rb_dones[idx] = rewards, terminations
-        rb_full = rb_full or rb_pos + args.num_envs >= args.buffer_size
-        rb_pos = (rb_pos + args.num_envs) % args.buffer_size
+        if "final_obs" in infos:  # next_obs of a finished episode is already the reset's: store the true final obs
+            for i in np.flatnonzero(infos["_final_obs"]):
+                rb_next_obs[idx[i]] = infos["final_obs"][i]
+        rb_count += args.num_envs
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
-            b = np.random.randint(0, args.buffer_size if rb_full else rb_pos, size=args.batch_size)
-            data = [torch.as_tensor(a[b], device=device) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
+            t2 = time.perf_counter()
+            b = np.random.randint(0, min(rb_count, args.buffer_size), size=args.batch_size)
+            batch = [torch.as_tensor(a[b], device=device) for a in (rb_obs, rb_actions, rb_next_obs, rb_rewards, rb_dones)]
             update_actor = global_step % args.policy_frequency == 0  # TD 3 Delayed update support
             update_target = global_step % args.target_network_frequency == 0
             eps = torch.randn(1 + 2 * args.policy_frequency * update_actor, args.batch_size, act_dim, device=device)
-            stats = train[update_actor, update_target](*data, eps)
+            stats = train[update_actor, update_target](batch, eps)
             if device.type == "cuda":
                 torch.cuda.synchronize()  # the update is only done when the device is
             if update_actor:
                 actor_loss, alpha_loss = stats[5:]  # as in CleanRL, the logged actor loss is the latest one computed
-            update_time += time.perf_counter() - t2
+            timing["update"] += time.perf_counter() - t2
 
             if global_step % 100 == 0:
                 qf_loss, qf1_loss, qf2_loss, qf1_values, qf2_values = (s.item() for s in stats[:5])
-                steps_since_log = (global_step - last_log_step) * args.num_envs
-                sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("losses/qf1_values", qf1_values, global_step)
                 writer.add_scalar("losses/qf2_values", qf2_values, global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
@@ -485,24 +409,20 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/alpha", log_alpha.exp().item(), global_step)
                 if args.autotune:
                     writer.add_scalar("losses/alpha_loss", alpha_loss.item(), global_step)
+                sps = int(global_step / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                env_time = inference_time = update_time = 0.0
+                steps_since_log = (global_step - last_log_step) * args.num_envs
+                for phase, seconds in timing.items():
+                    writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                timing = dict.fromkeys(timing, 0.0)
                 last_log_step = global_step
                 progress.set_postfix(SPS=sps, ret=last_return)
                 if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
                     print("SPS:", sps)
-        if global_step % 100 == 0:
-            progress.update(global_step - progress.n)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        weights = {f"actor.{k}": v for k, v in actor.state_dict().items()}
-        weights |= {f"qf.{k}": v for k, v in qf.state_dict().items()}
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, model_path)
+        save_file(nn.ModuleDict({"actor": actor, "qf": qf}).state_dict(), model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
             model_path,
@@ -511,9 +431,9 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Actor,
-            device=device,
-            capture_video=args.capture_video,
-            seed=args.seed,
+            device,
+            args.capture_video,
+            args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -101,20 +101,21 @@ def test_full_update(twins, update_actor):
     last, and (with the actor step) the polyak update of both targets, in both twins."""
     t, m = twins
     args = D_MLX.Args()
-    hp = dict(gamma=args.gamma, tau=args.tau)
     b = make_batch()
     batch = ("obs", "actions", "next_obs", "rewards", "dones")
     before = {k: trainable(t[k]) for k in NETS}
     t_opts = D_TORCH.make_optimizers(t["actor"], t["qf"], D_TORCH.Args())
     t_stats = D_TORCH.train_step(
-        *(t[k] for k in NETS), *t_opts, *(torch.tensor(b[k]) for k in batch), update_actor=update_actor, **hp
+        *(t[k] for k in NETS), t_opts, [torch.tensor(b[k]) for k in batch], update_actor=update_actor, args=args
     )
     m_opts = D_MLX.make_optimizers(m["actor"], m["qf"], args)
     state = [m[k].state for k in NETS] + [o.state for o in m_opts]
     train = mx.compile(
-        partial(D_MLX.train_step, *(m[k] for k in NETS), *m_opts, update_actor=update_actor, **hp), inputs=state, outputs=state
+        partial(D_MLX.train_step, *(m[k] for k in NETS), m_opts, update_actor=update_actor, args=args),
+        inputs=state,
+        outputs=state,
     )
-    m_stats = train(*(mx.array(b[k]) for k in batch))
+    m_stats = train([mx.array(b[k]) for k in batch])
     mx.eval(m_stats, state)
     for k in NETS:
         assert_same_weights(m[k], t[k], atol=1e-5, what=k)

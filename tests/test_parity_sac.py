@@ -3,6 +3,7 @@ critic targets, critic/actor/alpha losses and gradients, and one full train_step
 actor and alpha steps, with and without autotune); Adam's first step and the polyak update match their
 formulas; saved weights load across the twins."""
 
+import dataclasses
 import math
 from functools import partial
 
@@ -186,25 +187,22 @@ def test_full_update(twins, update_actor, update_target, autotune, policy_freque
     log-alpha included) and the same losses. Against the formulas: torch's first Adam step of the critics
     (critic-only step) or of the actor and log-alpha (one actor step), and the polyak update of the target."""
     t, m = twins
-    args = S_MLX.Args()
-    hp = dict(
-        gamma=args.gamma, tau=args.tau, policy_frequency=policy_frequency, autotune=autotune, target_entropy=-float(ACT_DIM)
-    )
-    flags = dict(update_actor=update_actor, update_target=update_target)
+    args = dataclasses.replace(S_MLX.Args(), policy_frequency=policy_frequency, autotune=autotune)
+    kw = dict(update_actor=update_actor, update_target=update_target, target_entropy=-float(ACT_DIM), args=args)
     b = make_batch()
     eps = np.random.default_rng(7).normal(size=(1 + 2 * policy_frequency * update_actor, B, ACT_DIM)).astype(np.float32)
-    batch = [b[k] for k in ("obs", "actions", "next_obs", "rewards", "dones")] + [eps]
+    batch = [b[k] for k in ("obs", "actions", "next_obs", "rewards", "dones")]
     before = {k: trainable(t[k]) for k in NETS} | {"log_alpha": {"log_alpha": np.array([0.2], dtype=np.float32)}}
     t_log_alpha = torch.tensor([0.2], requires_grad=True)
     t_opts = S_TORCH.make_optimizers(t["actor"], t["qf"], t_log_alpha, S_TORCH.Args())
-    t_stats = S_TORCH.train_step(*(t[k] for k in NETS), t_log_alpha, *t_opts, *map(torch.tensor, batch), **flags, **hp)
+    t_stats = S_TORCH.train_step(
+        *(t[k] for k in NETS), t_log_alpha, t_opts, list(map(torch.tensor, batch)), torch.tensor(eps), **kw
+    )
     m_log_alpha = {"log_alpha": mx.array([0.2])}
     m_opts = S_MLX.make_optimizers(m["actor"], m["qf"], m_log_alpha, args)
     state = [m[k].state for k in NETS] + [m_log_alpha] + [o.state for o in m_opts]
-    train = mx.compile(
-        partial(S_MLX.train_step, *(m[k] for k in NETS), m_log_alpha, *m_opts, **flags, **hp), inputs=state, outputs=state
-    )
-    m_stats = train(*map(mx.array, batch))
+    train = mx.compile(partial(S_MLX.train_step, *(m[k] for k in NETS), m_log_alpha, m_opts, **kw), inputs=state, outputs=state)
+    m_stats = train(list(map(mx.array, batch)), mx.array(eps))
     mx.eval(m_stats, state)
     for k in NETS:
         assert_same_weights(m[k], t[k], atol=1e-5, what=k)

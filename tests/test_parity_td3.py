@@ -135,20 +135,18 @@ def test_full_update(twins, update_actor):
     last, and (with the actor step) the polyak update of both targets, in both twins."""
     t, m = twins
     args = T_MLX.Args()
-    hp = dict(policy_noise=args.policy_noise, noise_clip=args.noise_clip, low=-2.0, high=2.0, gamma=args.gamma, tau=args.tau)
+    kw = dict(update_actor=update_actor, low=-2.0, high=2.0, args=args)
     b = make_batch()
-    batch = ("obs", "actions", "next_obs", "rewards", "dones", "noise")
+    batch = ("obs", "actions", "next_obs", "rewards", "dones")
     before = {k: trainable(t[k]) for k in NETS}
     t_opts = T_TORCH.make_optimizers(t["actor"], t["qf"], T_TORCH.Args())
     t_stats = T_TORCH.train_step(
-        *(t[k] for k in NETS), *t_opts, *(torch.tensor(b[k]) for k in batch), update_actor=update_actor, **hp
+        *(t[k] for k in NETS), t_opts, [torch.tensor(b[k]) for k in batch], torch.tensor(b["noise"]), **kw
     )
     m_opts = T_MLX.make_optimizers(m["actor"], m["qf"], args)
     state = [m[k].state for k in NETS] + [o.state for o in m_opts]
-    train = mx.compile(
-        partial(T_MLX.train_step, *(m[k] for k in NETS), *m_opts, update_actor=update_actor, **hp), inputs=state, outputs=state
-    )
-    m_stats = train(*(mx.array(b[k]) for k in batch))
+    train = mx.compile(partial(T_MLX.train_step, *(m[k] for k in NETS), m_opts, **kw), inputs=state, outputs=state)
+    m_stats = train([mx.array(b[k]) for k in batch], mx.array(b["noise"]))
     mx.eval(m_stats, state)
     for k in NETS:
         assert_same_weights(m[k], t[k], atol=1e-5, what=k)
