@@ -1,12 +1,6 @@
-"""PPO for continuous actions (MuJoCo, classic control) in MLX; its PyTorch twin is
-cleanrl_torch_reference/ppo_continuous_action_torch.py.
+"""PPO for continuous actions in MLX, as CleanRL's ppo_continuous_action.py: same defaults, wrappers, loss and logged tags.
 
-Mirrors CleanRL's ppo_continuous_action.py
-(https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy): same defaults, same wrapper
-chain, same loss, same logged tags. Unlike CleanRL, `--save-model` also saves the observation
-normalisation statistics and evaluation uses them.
-
-Usage: python cleanrl_mlx/ppo_continuous_action_mlx.py --env-id HalfCheetah-v5
+Twin: cleanrl_torch_reference/ppo_continuous_action_torch.py. Docs: docs/ppo_continuous_action.md. Run: python cleanrl_mlx/ppo_continuous_action_mlx.py --env-id HalfCheetah-v5
 """
 
 import ctypes
@@ -24,27 +18,22 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+# Linux mlx[cpu] bundles a reference BLAS ~30x slower than OpenBLAS: load the system's before MLX so MLX binds to it
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"  # opt out on Linux: CLEANRL_MLX_BLAS=bundled
 if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
     try:
         ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
         BLAS = "openblas"
     except OSError:
         BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 
-# tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
-# entry in sys.modules makes that import fail, so tensorboardX goes on without it
-sys.modules.setdefault("torch", None)
+sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
 
-if sys.modules["torch"] is None:
+if sys.modules["torch"] is None:  # let later code import torch again
     del sys.modules["torch"]
 
 
@@ -123,22 +112,16 @@ def check_args(args: Args, script: str) -> None:
         **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
         "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
         "eval_episodes": (args.eval_episodes > 0, "positive"),
+        "device": (args.device in ("gpu", "cpu"), '"gpu" or "cpu"'),
     }
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.device not in ("gpu", "cpu"):
-        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
-    if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
-        raise SystemExit(
-            f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
-            f"num_minibatches = {args.num_minibatches}"
-        )
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise SystemExit(
-            f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
-            f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
-        )
+    rollout = args.num_envs * args.num_steps
+    if rollout % args.num_minibatches != 0:
+        raise SystemExit(f"{script}: num_envs*num_steps = {rollout} is not divisible by num_minibatches = {args.num_minibatches}")
+    if args.total_timesteps < rollout:
+        raise SystemExit(f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     try:
@@ -174,17 +157,23 @@ def make_env(env_id, idx, capture_video, run_name, gamma):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 def obs_normalizer(env):
-    """The NormalizeObservation wrapper inside one env built by make_env (its running mean/var/count are
-    part of the policy: the network only ever sees normalised observations)."""
+    """The NormalizeObservation wrapper inside one env built by make_env (its statistics are part of the policy)."""
     while not isinstance(env, gym.wrappers.NormalizeObservation):
         env = env.env
     return env
 
 
 def pooled_obs_rms(envs):
-    """Mean, variance and count of every env's observation statistics pooled into one (exact for
-    num_envs > 1; with one env they are that env's own)."""
+    """Mean, variance and count of every env's observation statistics pooled into one (exact)."""
     stats = [obs_normalizer(env).obs_rms for env in envs.envs]
     count = sum(rms.count for rms in stats)
     mean = sum(rms.count * rms.mean for rms in stats) / count
@@ -205,8 +194,7 @@ def forward(layers, x):
 
 
 class Agent(nn.Module):
-    # Plain lists (not nn.Sequential) so parameter names are `critic.0.weight`, ..., exactly the torch
-    # twin's: a saved file loads in either framework.
+    # lists, not nn.Sequential: parameter names (`critic.0.weight`, ...) are torch's, so saved files load in either
     def __init__(self, obs_dim, action_dim):
         super().__init__()
         self.critic = [
@@ -223,8 +211,7 @@ class Agent(nn.Module):
             nn.Tanh(),
             layer_init(nn.Linear(64, action_dim), std=0.01),
         ]
-        # state-independent log standard deviation, a trained parameter
-        self.actor_logstd = mx.zeros((1, action_dim))  # an mx.array attribute is one
+        self.actor_logstd = mx.zeros((1, action_dim))  # state-independent log std: an mx.array attribute is trained
 
     def get_value(self, x):
         return forward(self.critic, x).squeeze(-1)
@@ -238,31 +225,23 @@ def normal_logprob_entropy(mean, logstd, action):
     logstd = mx.broadcast_to(logstd, mean.shape)
     log_sqrt_2pi = 0.5 * math.log(2 * math.pi)  # a Python float (a numpy scalar would not trace)
     logprob = -((action - mean) ** 2) / (2 * mx.exp(2 * logstd)) - logstd - log_sqrt_2pi
-    entropy = 0.5 + log_sqrt_2pi + logstd
-    return logprob.sum(-1), entropy.sum(-1)
+    return logprob.sum(-1), (0.5 + log_sqrt_2pi + logstd).sum(-1)
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
-    """CleanRL's GAE over a [num_steps, num_envs] rollout (numpy). dones[t] marks that obs[t] starts a
-    new episode, so step t-1 does not bootstrap through it."""
+    """CleanRL's GAE over a [num_steps, num_envs] rollout; dones[t] marks that obs[t] starts a new episode."""
     advantages = np.zeros_like(rewards)
     lastgaelam = 0.0
-    num_steps = rewards.shape[0]
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
+    for t in reversed(range(len(rewards))):
+        nextnonterminal = 1.0 - (dones[t + 1] if t + 1 < len(dones) else next_done)
+        nextvalues = values[t + 1] if t + 1 < len(values) else next_value
         delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     return advantages, advantages + values
 
 
 def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss):
-    """CleanRL's PPO loss on one minibatch. Returns (loss, (pg_loss, v_loss, entropy, old_approx_kl,
-    approx_kl, clipfrac)); only `loss` is differentiated."""
+    """CleanRL's PPO loss on one minibatch: (loss, (pg_loss, v_loss, entropy, old_approx_kl, approx_kl, clipfrac))."""
     newlogprob, entropy = normal_logprob_entropy(agent.get_action_mean(obs), agent.actor_logstd, actions)
     newvalue = agent.get_value(obs)
     logratio = newlogprob - logprobs
@@ -302,30 +281,16 @@ def make_optimizer(agent, args):
     return optimizer
 
 
-def train_step(
-    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, max_grad_norm, **loss_coefs
-):
-    """One gradient step on the minibatch mb_inds of the batch: PPO loss, global-norm gradient clipping, Adam.
-    Returns the loss terms of ppo_loss."""
-    minibatch = [b[mb_inds] for b in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)]
-    (loss, stats), grads = nn.value_and_grad(agent, partial(ppo_loss, agent, **loss_coefs))(*minibatch)
+def train_step(agent, optimizer, mb_inds, *batch, max_grad_norm, **loss_coefs):
+    """One gradient step on rows mb_inds of batch (obs, actions, logprobs, advantages, returns, values): PPO loss,
+    global-norm gradient clipping, Adam. Returns the loss terms of ppo_loss."""
+    (loss, stats), grads = nn.value_and_grad(agent, partial(ppo_loss, agent, **loss_coefs))(*[b[mb_inds] for b in batch])
     grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
     optimizer.update(agent, grads)
     return stats
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=mx.cpu,
-    capture_video=True,
-    gamma=0.99,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, gamma=0.99):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes,
     normalising observations with the statistics saved next to the weights, frozen."""
     mx.set_default_device(device)
@@ -345,11 +310,9 @@ def evaluate(
         action_mean = agent.get_action_mean(mx.array(obs))
         actions = np.array(action_mean + mx.exp(agent.actor_logstd) * mx.random.normal(action_mean.shape))
         obs, _, _, _, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -362,22 +325,16 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name, args.gamma) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("ppo_continuous_action_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
-    print(f"ppo_continuous_action_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
 
+    config = vars(args) | {"framework": "mlx", "blas": BLAS}
     if args.track:
         import wandb
 
@@ -385,39 +342,27 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "mlx", "algo": "ppo_continuous_action", "blas": BLAS},
+            config=config | {"algo": "ppo_continuous_action"},
             name=run_name,
             group=f"ppo_continuous_action__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name, args.gamma) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    action_dim = int(np.prod(envs.single_action_space.shape))
-    agent = Agent(obs_dim, action_dim)
+    agent = Agent(int(np.prod(envs.single_observation_space.shape)), int(np.prod(envs.single_action_space.shape)))
     optimizer = make_optimizer(agent, args)
-    train = partial(
-        train_step,
-        agent,
-        optimizer,
-        max_grad_norm=args.max_grad_norm,
-        clip_coef=args.clip_coef,
-        ent_coef=args.ent_coef,
-        vf_coef=args.vf_coef,
-        norm_adv=args.norm_adv,
-        clip_vloss=args.clip_vloss,
-    )
-
-    # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts); the
-    # learning rate lives in optimizer.state, so annealing it never recompiles; train gathers each minibatch
-    # inside the graph, from batch arrays sent to MLX once per iteration.
-    train = mx.compile(train, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
+    # ALGO LOGIC: compiled hot paths on the live state (the learning rate is in optimizer.state: annealing never recompiles)
+    state = [agent.state, optimizer.state]
+    coefs = {k: getattr(args, k) for k in ("max_grad_norm", "clip_coef", "ent_coef", "vf_coef", "norm_adv", "clip_vloss")}
+    train = mx.compile(partial(train_step, agent, optimizer, **coefs), inputs=state, outputs=state)
 
     @partial(mx.compile, inputs=[agent.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
@@ -429,10 +374,7 @@ if __name__ == "__main__":
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
     actions = np.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape, dtype=np.float32)
-    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -440,56 +382,42 @@ if __name__ == "__main__":
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_return = float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
 
-    for iteration in range(1, args.num_iterations + 1):
-        # Annealing the rate if instructed to do so.
-        if args.anneal_lr:
-            frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            optimizer.learning_rate = frac * args.learning_rate
+    for iteration in (progress := tqdm(range(1, args.num_iterations + 1), disable=not sys.stderr.isatty())):
+        if args.anneal_lr:  # Annealing the rate if instructed to do so.
+            optimizer.learning_rate = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
             dones[step] = next_done
 
-            # ALGO LOGIC: action logic (one host sync: all three results are evaluated together)
+            # ALGO LOGIC: action logic
             t0 = time.perf_counter()
             action, logprob, value = act(mx.array(next_obs, dtype=mx.float32))
-            mx.eval(action, logprob, value)
-            actions[step] = action
-            logprobs[step] = logprob
-            values[step] = value
+            mx.eval(action, logprob, value)  # the one host sync of the step
+            actions[step], logprobs[step], values[step] = action, logprob, value
             t1 = time.perf_counter()
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
             next_done = np.logical_or(terminations, truncations).astype(np.float32)
             rewards[step] = reward
-            if "final_info" in infos:
-                for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                    last_return = float(infos["final_info"]["episode"]["r"][i])
-                    tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                    writer.add_scalar("charts/episodic_return", last_return, global_step)
-                    writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
-            t2 = time.perf_counter()
-            inference_time += t1 - t0
-            env_time += t2 - t1
+            for last_return, length in finished_episodes(infos):
+                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+                writer.add_scalar("charts/episodic_return", last_return, global_step)
+                writer.add_scalar("charts/episodic_length", length, global_step)
+            timing["inference"] += t1 - t0
+            timing["env"] += time.perf_counter() - t1
 
         # bootstrap value if not done
         t0 = time.perf_counter()
         next_value = np.array(agent.get_value(mx.array(next_obs, dtype=mx.float32)))
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
-
         # flatten the batch (sent to the device once per iteration)
-        b_obs = mx.array(obs.reshape((-1,) + envs.single_observation_space.shape))
-        b_actions = mx.array(actions.reshape((-1,) + envs.single_action_space.shape))
-        b_logprobs = mx.array(logprobs.reshape(-1))
-        b_advantages = mx.array(advantages.reshape(-1))
-        b_returns = mx.array(returns.reshape(-1))
-        b_values = mx.array(values.reshape(-1))
+        batch = [mx.array(x).flatten(0, 1) for x in (obs, actions, logprobs, advantages, returns, values)]
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -497,41 +425,30 @@ if __name__ == "__main__":
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
-                mb_inds = mx.array(b_inds[start : start + args.minibatch_size])
-                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
-                mx.eval(stats, agent.state, optimizer.state)  # one sync per gradient step
+                stats = train(mx.array(b_inds[start : start + args.minibatch_size]), *batch)
+                mx.eval(stats, state)  # one sync per gradient step
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
-        update_time += time.perf_counter() - t0
+        timing["update"] += time.perf_counter() - t0
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes (read back once per iteration)
-        pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = (s.item() for s in stats)
-        y_pred, y_true = values.reshape(-1), returns.reshape(-1)
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
-        steps_since_log = args.batch_size
+        losses = dict(zip(("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl"), (s.item() for s in stats)))
+        losses["clipfrac"] = mx.stack(clipfracs).mean().item()
+        var_y = np.var(returns)
+        losses["explained_variance"] = np.nan if var_y == 0 else 1 - np.var(returns - values) / var_y
         sps = int(global_step / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.learning_rate.item(), global_step)
-        writer.add_scalar("losses/value_loss", v_loss, global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss, global_step)
-        writer.add_scalar("losses/entropy", entropy_loss, global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl, global_step)
-        writer.add_scalar("losses/clipfrac", mx.stack(clipfracs).mean().item(), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-        writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-        writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-        env_time = inference_time = update_time = 0.0
-        progress.update(args.batch_size)
+        for name, loss in losses.items():
+            writer.add_scalar(f"losses/{name}", loss, global_step)
+        for phase, seconds in timing.items():
+            writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / args.batch_size, global_step)
+        timing = dict.fromkeys(timing, 0.0)
         progress.set_postfix(SPS=sps, ret=last_return)
-        if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+        if progress.disable:
             print("SPS:", sps)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         agent.save_weights(model_path)
@@ -544,10 +461,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Agent,
-            device=mx.default_device(),
-            capture_video=args.capture_video,
+            device,
+            args.capture_video,
+            args.seed,
             gamma=args.gamma,
-            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

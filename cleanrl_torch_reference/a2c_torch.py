@@ -1,13 +1,6 @@
-"""A2C (synchronous advantage actor-critic) for discrete and continuous actions in eager PyTorch: the reference
-twin of cleanrl_mlx/a2c_mlx.py.
+"""A2C as Stable-Baselines3 defines it, in eager PyTorch, written as CleanRL's ppo.py: one RMSprop step per rollout, GAE(1) returns.
 
-A2C as Stable-Baselines3 defines it (https://stable-baselines3.readthedocs.io/en/master/modules/a2c.html),
-written the way CleanRL's ppo.py is: one gradient step on each rollout of num_envs x num_steps
-transitions, RMSprop, GAE(lambda=1) returns, and SB3's bootstrapping of time-limit truncations. The
-policy head is categorical for a Discrete action space and a state-independent diagonal Gaussian for a
-Box one.
-
-Usage: python cleanrl_torch_reference/a2c_torch.py --env-id CartPole-v1
+Reference twin of cleanrl_mlx/a2c_mlx.py. Docs: docs/a2c.md. Run: python cleanrl_torch_reference/a2c_torch.py --env-id CartPole-v1
 """
 
 import os
@@ -102,11 +95,8 @@ def check_args(args: Args, script: str) -> None:
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise SystemExit(
-            f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
-            f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
-        )
+    if args.total_timesteps < (rollout := args.num_envs * args.num_steps):
+        raise SystemExit(f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     try:
@@ -133,6 +123,14 @@ def make_env(env_id, idx, capture_video, run_name):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 def policy_head(action_space):
     """(number of actor outputs, continuous?): categorical logits for Discrete, Gaussian means for Box."""
     if isinstance(action_space, gym.spaces.Box):
@@ -147,8 +145,7 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    # SB3's MlpPolicy: separate 64-64 tanh actor and critic, orthogonal init (gain sqrt(2) hidden,
-    # 0.01 policy head, 1 value head).
+    # SB3's MlpPolicy: separate 64-64 tanh actor and critic, orthogonal init (gain sqrt(2) hidden, 0.01 policy, 1 value)
     def __init__(self, obs_dim, action_dim, continuous):
         super().__init__()
         self.continuous = continuous
@@ -198,26 +195,19 @@ def normal_logprob_entropy(mean, logstd, action):
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
-    """GAE over a [num_steps, num_envs] rollout (numpy), as CleanRL and SB3 compute it. dones[t] marks
-    that obs[t] starts a new episode, so step t-1 does not bootstrap through it."""
+    """GAE over a [num_steps, num_envs] rollout, as CleanRL and SB3 compute it; dones[t]: obs[t] starts an episode."""
     advantages = np.zeros_like(rewards)
     lastgaelam = 0.0
-    num_steps = rewards.shape[0]
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
+    for t in reversed(range(len(rewards))):
+        nextnonterminal = 1.0 - (dones[t + 1] if t + 1 < len(dones) else next_done)
+        nextvalues = values[t + 1] if t + 1 < len(values) else next_value
         delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     return advantages, advantages + values
 
 
 def a2c_loss(agent, obs, actions, advantages, returns, ent_coef, vf_coef, norm_adv):
-    """SB3's A2C loss on the whole rollout. Returns (loss, (pg_loss, v_loss, entropy)); only `loss` is
-    differentiated."""
+    """SB3's A2C loss on the whole rollout: (loss, (pg_loss, v_loss, entropy)); only `loss` is differentiated."""
     logprob, entropy = agent.get_logprob_entropy(obs, actions)
     newvalue = agent.get_value(obs)
     if norm_adv:
@@ -234,10 +224,10 @@ def make_optimizer(agent, args):
     return optim.RMSprop(agent.parameters(), lr=args.learning_rate, alpha=0.99, eps=args.rms_prop_eps, weight_decay=0)
 
 
-def train_step(agent, optimizer, b_obs, b_actions, b_advantages, b_returns, max_grad_norm, **loss_coefs):
-    """One gradient step on the whole rollout: A2C loss, global-norm gradient clipping, RMSprop. Returns the
-    loss terms of a2c_loss."""
-    loss, stats = a2c_loss(agent, b_obs, b_actions, b_advantages, b_returns, **loss_coefs)
+def train_step(agent, optimizer, *batch, max_grad_norm, **loss_coefs):
+    """One gradient step on the whole rollout batch (obs, actions, advantages, returns): A2C loss, global-norm
+    gradient clipping, RMSprop. Returns the loss terms of a2c_loss."""
+    loss, stats = a2c_loss(agent, *batch, **loss_coefs)
     optimizer.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
@@ -245,16 +235,13 @@ def train_step(agent, optimizer, b_obs, b_actions, b_advantages, b_returns, max_
     return stats
 
 
-def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True, seed=1
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     agent = Model(int(np.prod(envs.single_observation_space.shape)), *policy_head(envs.single_action_space)).to(device)
     agent.load_state_dict(load_file(model_path, device=str(device)))
-    agent.eval()
     obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
@@ -263,11 +250,9 @@ def evaluate(
         if agent.continuous:
             actions = np.clip(actions, envs.single_action_space.low, envs.single_action_space.high)
         obs, _, _, _, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -279,20 +264,15 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"a2c_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
+    config = vars(args) | {"framework": "torch"}
     if args.track:
         import wandb
 
@@ -300,42 +280,38 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "a2c"},
+            config=config | {"algo": "a2c"},
             name=run_name,
             group=f"a2c__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
     action_dim, continuous = policy_head(envs.single_action_space)
-    agent = Agent(obs_dim, action_dim, continuous).to(device)
+    agent = Agent(int(np.prod(envs.single_observation_space.shape)), action_dim, continuous).to(device)
     optimizer = make_optimizer(agent, args)
-    train = partial(
-        train_step,
-        agent,
-        optimizer,
-        max_grad_norm=args.max_grad_norm,
-        ent_coef=args.ent_coef,
-        vf_coef=args.vf_coef,
-        norm_adv=args.norm_adv,
-    )
+    coefs = {k: getattr(args, k) for k in ("max_grad_norm", "ent_coef", "vf_coef", "norm_adv")}
+    train = partial(train_step, agent, optimizer, **coefs)
+
+    @torch.no_grad()
+    def act(x):
+        return agent.sample_action(x), agent.get_value(x)
+
+    get_value = torch.no_grad()(agent.get_value)
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
-    if continuous:
-        actions = np.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape, dtype=np.float32)
-    else:
-        actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    action_dtype = np.float32 if continuous else np.int64
+    actions = np.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape, dtype=action_dtype)
+    rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(3))
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -343,30 +319,23 @@ if __name__ == "__main__":
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     steps_since_log = 0
     last_return = float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
 
-    for iteration in range(1, args.num_iterations + 1):
-        # Annealing the rate if instructed to do so.
-        if args.anneal_lr:
-            frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+    for iteration in (progress := tqdm(range(1, args.num_iterations + 1), disable=not sys.stderr.isatty())):
+        if args.anneal_lr:  # Annealing the rate if instructed to do so.
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
             dones[step] = next_done
 
-            # ALGO LOGIC: action logic (.cpu().numpy() is the host sync)
+            # ALGO LOGIC: action logic
             t0 = time.perf_counter()
-            with torch.no_grad():
-                x = torch.Tensor(next_obs).to(device)
-                action = agent.sample_action(x)
-                value = agent.get_value(x)
-            actions[step] = action.cpu().numpy()
-            values[step] = value.cpu().numpy()
+            action, value = act(torch.Tensor(next_obs).to(device))
+            actions[step], values[step] = action.cpu().numpy(), value.cpu().numpy()
             t1 = time.perf_counter()
 
             # TRY NOT TO MODIFY: execute the game and log data.
@@ -377,71 +346,54 @@ if __name__ == "__main__":
             next_obs, reward, terminations, truncations, infos = envs.step(env_action)
             next_done = np.logical_or(terminations, truncations).astype(np.float32)
             rewards[step] = reward
-            if "final_info" in infos:
-                for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                    last_return = float(infos["final_info"]["episode"]["r"][i])
-                    tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                    writer.add_scalar("charts/episodic_return", last_return, global_step)
-                    writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+            for last_return, length in finished_episodes(infos):
+                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+                writer.add_scalar("charts/episodic_return", last_return, global_step)
+                writer.add_scalar("charts/episodic_length", length, global_step)
             t2 = time.perf_counter()
 
-            # ALGO LOGIC: SB3's timeout handling. An episode cut by the time limit did not really end, so
-            # its last reward is bootstrapped with the value of its true final observation (the episode
-            # still ends for GAE). CleanRL's PPO treats truncation as termination instead.
+            # ALGO LOGIC: SB3's timeout handling. An episode cut by the time limit did not really end, so its last
+            # reward is bootstrapped with the value of its true final observation (the episode still ends for GAE).
+            # CleanRL's PPO treats truncation as termination instead.
             truncated = np.flatnonzero(truncations & ~terminations)
             if len(truncated) > 0:
-                with torch.no_grad():
-                    final_value = agent.get_value(torch.Tensor(np.stack(infos["final_obs"][truncated])).to(device))
-                rewards[step, truncated] += args.gamma * final_value.cpu().numpy()
-            t3 = time.perf_counter()
-            inference_time += t1 - t0 + t3 - t2
-            env_time += t2 - t1
+                final_obs = torch.Tensor(np.stack(infos["final_obs"][truncated])).to(device)
+                rewards[step, truncated] += args.gamma * get_value(final_obs).cpu().numpy()
+            timing["inference"] += t1 - t0 + time.perf_counter() - t2
+            timing["env"] += t2 - t1
 
         # bootstrap value if not done
         t0 = time.perf_counter()
-        with torch.no_grad():
-            next_value = agent.get_value(torch.Tensor(next_obs).to(device)).cpu().numpy()
+        next_value = get_value(torch.Tensor(next_obs).to(device)).cpu().numpy()
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
         # One gradient step on the whole rollout (no minibatches, no epochs)
-        b_obs = torch.tensor(obs.reshape((-1,) + envs.single_observation_space.shape), device=device)
-        b_actions = torch.tensor(actions.reshape((args.batch_size,) + actions.shape[2:]), device=device)
-        b_advantages = torch.tensor(advantages.reshape(-1), device=device)
-        b_returns = torch.tensor(returns.reshape(-1), device=device)
-        stats = train(b_obs, b_actions, b_advantages, b_returns)
+        stats = train(*[torch.tensor(x, device=device).flatten(0, 1) for x in (obs, actions, advantages, returns)])
         if device.type == "cuda":
             torch.cuda.synchronize()  # the update is only done when the device is
-        update_time += time.perf_counter() - t0
+        timing["update"] += time.perf_counter() - t0
         steps_since_log += args.batch_size
 
         # TRY NOT TO MODIFY: record losses for plotting purposes (read back only at log time)
         if iteration % args.log_interval == 0 or iteration == args.num_iterations:
-            pg_loss, v_loss, entropy_loss = (s.item() for s in stats)
-            y_pred, y_true = values.reshape(-1), returns.reshape(-1)
-            var_y = np.var(y_true)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
+            losses = dict(zip(("policy_loss", "value_loss", "entropy"), (s.item() for s in stats)))
+            var_y = np.var(returns)
+            losses["explained_variance"] = np.nan if var_y == 0 else 1 - np.var(returns - values) / var_y
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            writer.add_scalar("losses/value_loss", v_loss, global_step)
-            writer.add_scalar("losses/policy_loss", pg_loss, global_step)
-            writer.add_scalar("losses/entropy", entropy_loss, global_step)
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-            writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-            writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-            env_time = inference_time = update_time = 0.0
-            progress.update(steps_since_log)
+            for name, loss in losses.items():
+                writer.add_scalar(f"losses/{name}", loss, global_step)
+            for phase, seconds in timing.items():
+                writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+            timing, steps_since_log = dict.fromkeys(timing, 0.0), 0
             progress.set_postfix(SPS=sps, ret=last_return)
-            steps_since_log = 0
-            if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+            if progress.disable:
                 print("SPS:", sps)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()}, model_path)
+        save_file(agent.state_dict(), model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
             model_path,
@@ -450,9 +402,9 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Agent,
-            device=device,
-            capture_video=args.capture_video,
-            seed=args.seed,
+            device,
+            args.capture_video,
+            args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

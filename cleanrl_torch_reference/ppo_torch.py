@@ -1,9 +1,6 @@
-"""PPO for discrete actions (classic control) in eager PyTorch: the reference twin of cleanrl_mlx/ppo_mlx.py.
+"""PPO for discrete actions (classic control) in eager PyTorch, as CleanRL's ppo.py: same defaults, loss and logged tags.
 
-Mirrors CleanRL's ppo.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppopy): same defaults, same loss,
-same logged tags.
-
-Usage: python cleanrl_torch_reference/ppo_torch.py --env-id CartPole-v1
+Reference twin of cleanrl_mlx/ppo_mlx.py. Docs: docs/ppo.md. Run: python cleanrl_torch_reference/ppo_torch.py --env-id CartPole-v1
 """
 
 import os
@@ -107,16 +104,11 @@ def check_args(args: Args, script: str) -> None:
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
-        raise SystemExit(
-            f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
-            f"num_minibatches = {args.num_minibatches}"
-        )
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise SystemExit(
-            f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
-            f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
-        )
+    rollout = args.num_envs * args.num_steps
+    if rollout % args.num_minibatches != 0:
+        raise SystemExit(f"{script}: num_envs*num_steps = {rollout} is not divisible by num_minibatches = {args.num_minibatches}")
+    if args.total_timesteps < rollout:
+        raise SystemExit(f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     try:
@@ -144,6 +136,14 @@ def make_env(env_id, idx, capture_video, run_name):
         return env
 
     return thunk
+
+
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -184,26 +184,19 @@ def categorical_logprob_entropy(logits, action):
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
-    """CleanRL's GAE over a [num_steps, num_envs] rollout (numpy). dones[t] marks that obs[t] starts a
-    new episode, so step t-1 does not bootstrap through it."""
+    """CleanRL's GAE over a [num_steps, num_envs] rollout; dones[t] marks that obs[t] starts a new episode."""
     advantages = np.zeros_like(rewards)
     lastgaelam = 0.0
-    num_steps = rewards.shape[0]
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
+    for t in reversed(range(len(rewards))):
+        nextnonterminal = 1.0 - (dones[t + 1] if t + 1 < len(dones) else next_done)
+        nextvalues = values[t + 1] if t + 1 < len(values) else next_value
         delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     return advantages, advantages + values
 
 
 def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss):
-    """CleanRL's PPO loss on one minibatch. Returns (loss, (pg_loss, v_loss, entropy, old_approx_kl,
-    approx_kl, clipfrac)); only `loss` is differentiated."""
+    """CleanRL's PPO loss on one minibatch: (loss, (pg_loss, v_loss, entropy, old_approx_kl, approx_kl, clipfrac))."""
     newlogprob, entropy = categorical_logprob_entropy(agent.get_logits(obs), actions)
     newvalue = agent.get_value(obs)
     logratio = newlogprob - logprobs
@@ -242,13 +235,10 @@ def make_optimizer(agent, args):
     return optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
 
-def train_step(
-    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values, max_grad_norm, **loss_coefs
-):
-    """One gradient step on the minibatch mb_inds of the batch: PPO loss, global-norm gradient clipping, Adam.
-    Returns the loss terms of ppo_loss."""
-    minibatch = [b[mb_inds] for b in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)]
-    loss, stats = ppo_loss(agent, *minibatch, **loss_coefs)
+def train_step(agent, optimizer, mb_inds, *batch, max_grad_norm, **loss_coefs):
+    """One gradient step on rows mb_inds of batch (obs, actions, logprobs, advantages, returns, values): PPO loss,
+    global-norm gradient clipping, Adam. Returns the loss terms of ppo_loss."""
+    loss, stats = ppo_loss(agent, *[b[mb_inds] for b in batch], **loss_coefs)
     optimizer.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
@@ -256,27 +246,22 @@ def train_step(
     return stats
 
 
-def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=torch.device("cpu"), capture_video=True, seed=1
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
     agent = Model(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)).to(device)
     agent.load_state_dict(load_file(model_path, device=str(device)))
-    agent.eval()
     obs, _ = envs.reset(seed=seed)
     episodic_returns = []
     while len(episodic_returns) < eval_episodes:
         with torch.no_grad():
             actions = Categorical(logits=agent.get_logits(torch.Tensor(obs).to(device))).sample()
         obs, _, _, _, infos = envs.step(actions.cpu().numpy())
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -289,20 +274,15 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"ppo_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
+    config = vars(args) | {"framework": "torch"}
     if args.track:
         import wandb
 
@@ -310,41 +290,37 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "ppo"},
+            config=config | {"algo": "ppo"},
             name=run_name,
             group=f"ppo__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    agent = Agent(obs_dim, int(envs.single_action_space.n)).to(device)
+    agent = Agent(int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)).to(device)
     optimizer = make_optimizer(agent, args)
-    train = partial(
-        train_step,
-        agent,
-        optimizer,
-        max_grad_norm=args.max_grad_norm,
-        clip_coef=args.clip_coef,
-        ent_coef=args.ent_coef,
-        vf_coef=args.vf_coef,
-        norm_adv=args.norm_adv,
-        clip_vloss=args.clip_vloss,
-    )
+    coefs = {k: getattr(args, k) for k in ("max_grad_norm", "clip_coef", "ent_coef", "vf_coef", "norm_adv", "clip_vloss")}
+    train = partial(train_step, agent, optimizer, **coefs)
+
+    @torch.no_grad()
+    def act(x):
+        logits = agent.get_logits(x)
+        action = Categorical(logits=logits).sample()
+        logprob, _ = categorical_logprob_entropy(logits, action)
+        return action, logprob, agent.get_value(x)
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
     actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
-    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -352,61 +328,42 @@ if __name__ == "__main__":
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_return = float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
 
-    for iteration in range(1, args.num_iterations + 1):
-        # Annealing the rate if instructed to do so.
-        if args.anneal_lr:
-            frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+    for iteration in (progress := tqdm(range(1, args.num_iterations + 1), disable=not sys.stderr.isatty())):
+        if args.anneal_lr:  # Annealing the rate if instructed to do so.
+            optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
             dones[step] = next_done
 
-            # ALGO LOGIC: action logic (.cpu().numpy() is the host sync)
+            # ALGO LOGIC: action logic
             t0 = time.perf_counter()
-            with torch.no_grad():
-                x = torch.Tensor(next_obs).to(device)
-                logits = agent.get_logits(x)
-                action = Categorical(logits=logits).sample()
-                logprob, _ = categorical_logprob_entropy(logits, action)
-                value = agent.get_value(x)
-            actions[step] = action.cpu().numpy()
-            logprobs[step] = logprob.cpu().numpy()
-            values[step] = value.cpu().numpy()
+            action, logprob, value = act(torch.Tensor(next_obs).to(device))
+            actions[step], logprobs[step], values[step] = action.cpu().numpy(), logprob.cpu().numpy(), value.cpu().numpy()
             t1 = time.perf_counter()
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
             next_done = np.logical_or(terminations, truncations).astype(np.float32)
             rewards[step] = reward
-            if "final_info" in infos:
-                for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                    last_return = float(infos["final_info"]["episode"]["r"][i])
-                    tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                    writer.add_scalar("charts/episodic_return", last_return, global_step)
-                    writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
-            t2 = time.perf_counter()
-            inference_time += t1 - t0
-            env_time += t2 - t1
+            for last_return, length in finished_episodes(infos):
+                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+                writer.add_scalar("charts/episodic_return", last_return, global_step)
+                writer.add_scalar("charts/episodic_length", length, global_step)
+            timing["inference"] += t1 - t0
+            timing["env"] += time.perf_counter() - t1
 
         # bootstrap value if not done
         t0 = time.perf_counter()
         with torch.no_grad():
             next_value = agent.get_value(torch.Tensor(next_obs).to(device)).cpu().numpy()
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
-
         # flatten the batch (sent to the device once per iteration)
-        b_obs = torch.tensor(obs.reshape((-1,) + envs.single_observation_space.shape), device=device)
-        b_actions = torch.tensor(actions.reshape(-1), device=device)
-        b_logprobs = torch.tensor(logprobs.reshape(-1), device=device)
-        b_advantages = torch.tensor(advantages.reshape(-1), device=device)
-        b_returns = torch.tensor(returns.reshape(-1), device=device)
-        b_values = torch.tensor(values.reshape(-1), device=device)
+        batch = [torch.tensor(x, device=device).flatten(0, 1) for x in (obs, actions, logprobs, advantages, returns, values)]
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -414,45 +371,34 @@ if __name__ == "__main__":
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
-                mb_inds = torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device)
-                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
+                stats = train(torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device), *batch)
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
         if device.type == "cuda":
             torch.cuda.synchronize()  # the update is only done when the device is
-        update_time += time.perf_counter() - t0
+        timing["update"] += time.perf_counter() - t0
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes (read back once per iteration)
-        pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = (s.item() for s in stats)
-        y_pred, y_true = values.reshape(-1), returns.reshape(-1)
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
-        steps_since_log = args.batch_size
+        losses = dict(zip(("policy_loss", "value_loss", "entropy", "old_approx_kl", "approx_kl"), (s.item() for s in stats)))
+        losses["clipfrac"] = torch.stack(clipfracs).mean().item()
+        var_y = np.var(returns)
+        losses["explained_variance"] = np.nan if var_y == 0 else 1 - np.var(returns - values) / var_y
         sps = int(global_step / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", v_loss, global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss, global_step)
-        writer.add_scalar("losses/entropy", entropy_loss, global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl, global_step)
-        writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-        writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-        writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-        env_time = inference_time = update_time = 0.0
-        progress.update(args.batch_size)
+        for name, loss in losses.items():
+            writer.add_scalar(f"losses/{name}", loss, global_step)
+        for phase, seconds in timing.items():
+            writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / args.batch_size, global_step)
+        timing = dict.fromkeys(timing, 0.0)
         progress.set_postfix(SPS=sps, ret=last_return)
-        if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+        if progress.disable:
             print("SPS:", sps)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()}, model_path)
+        save_file(agent.state_dict(), model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
             model_path,
@@ -461,9 +407,9 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Agent,
-            device=device,
-            capture_video=args.capture_video,
-            seed=args.seed,
+            device,
+            args.capture_video,
+            args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

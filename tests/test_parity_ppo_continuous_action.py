@@ -220,7 +220,8 @@ def test_evaluate_uses_saved_obs_statistics(framework, tmp_path):
 
         return thunk
 
-    returns = module.evaluate(model_path, spy_make_env, "Pendulum-v1", 1, "eval", module.Agent, capture_video=False)
+    device = mx.cpu if framework == "mlx" else torch.device("cpu")
+    returns = module.evaluate(model_path, spy_make_env, "Pendulum-v1", 1, "eval", module.Agent, device, capture_video=False)
     assert len(returns) == 1 and len(built) == 1
     normalizer = module.obs_normalizer(built[0])
     assert normalizer.update_running_mean is False
