@@ -46,7 +46,7 @@ def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 
 def parse_log(text: str) -> dict:
-    """BLAS and MLX device from a script's startup line (`ppo_mlx: mlx 0.32.4, device cpu, BLAS openblas`)."""
+    """BLAS and MLX device from a script's startup line (`ppo_mlx.py: mlx 0.32.4, device cpu, BLAS openblas`)."""
     out = {}
     if m := re.search(r"\bdevice (\S+?),? BLAS (\S+)", text):
         out["device"], out["blas"] = m.group(1), m.group(2)

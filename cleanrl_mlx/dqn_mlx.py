@@ -1,9 +1,6 @@
-"""DQN for discrete actions (classic control) in MLX; its PyTorch twin is cleanrl_torch_reference/dqn_torch.py.
+"""DQN for discrete actions (classic control) in MLX, as CleanRL's dqn.py: same defaults, TD target, loss and logged tags.
 
-Mirrors CleanRL's dqn.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqnpy): same defaults, same TD
-target and loss, same logged tags.
-
-Usage: python cleanrl_mlx/dqn_mlx.py --env-id CartPole-v1
+Twin: cleanrl_torch_reference/dqn_torch.py. Docs: docs/dqn.md. Run: python cleanrl_mlx/dqn_mlx.py --env-id CartPole-v1
 """
 
 import ctypes
@@ -20,28 +17,23 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+# Linux mlx[cpu] bundles a reference BLAS ~30x slower than OpenBLAS: load the system's before MLX so MLX binds to it
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"  # opt out on Linux: CLEANRL_MLX_BLAS=bundled
 if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
     try:
         ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
         BLAS = "openblas"
     except OSError:
         BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 
-# tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
-# entry in sys.modules makes that import fail, so tensorboardX goes on without it
-sys.modules.setdefault("torch", None)
+sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
 
-if sys.modules["torch"] is None:
+if sys.modules["torch"] is None:  # let later code import torch again
     del sys.modules["torch"]
 
 
@@ -100,33 +92,18 @@ class Args:
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
     limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "buffer_size", "batch_size")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("target_network_frequency", "train_frequency")},
         "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
-        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
-        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "train_frequency": (args.train_frequency > 0, "positive"),
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "start_e", "end_e")},
+        **{k: (0 < getattr(args, k) <= 1, "in (0, 1]") for k in ("tau", "exploration_fraction")},
+        "learning_starts": (0 <= args.learning_starts < args.total_timesteps, "non-negative and less than --total-timesteps"),
+        "num_envs": (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)"),
+        "device": (args.device in ("gpu", "cpu"), '"gpu" or "cpu"'),
     }
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.device not in ("gpu", "cpu"):
-        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
-    if args.num_envs != 1:
-        raise SystemExit(
-            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
-        )
-    if args.learning_starts >= args.total_timesteps:
-        raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
-        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     try:
@@ -153,6 +130,14 @@ def make_env(env_id, idx, capture_video, run_name):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 def forward(layers, x):
     for layer in layers:
         x = layer(x)
@@ -161,8 +146,7 @@ def forward(layers, x):
 
 # ALGO LOGIC: initialize agent here:
 class QNetwork(nn.Module):
-    # a plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., the torch twin's;
-    # MLX's default Linear init is torch's: U(-1/sqrt(in), 1/sqrt(in))
+    # a list, not nn.Sequential: parameter names are torch's (`network.0.weight`, ...); MLX's Linear init is torch's
     def __init__(self, obs_dim, n_actions):
         super().__init__()
         self.network = [nn.Linear(obs_dim, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, n_actions)]
@@ -172,44 +156,36 @@ class QNetwork(nn.Module):
 
 
 class ReplayBuffer:
-    """Preallocated numpy ring buffer. `dones` holds terminations only (a truncated episode still
-    bootstraps from its true final observation); sampling is one vectorised gather from numpy's
-    global RNG, so twins with the same seed draw the same indices."""
+    """Preallocated ring buffer. `dones` holds terminations only (a truncated episode still bootstraps from its true final
+    observation); sampling is one gather from numpy's global RNG, so same-seed twins draw the same indices."""
 
-    def __init__(self, buffer_size, obs_shape, obs_dtype=np.float32):
-        self.buffer_size, self.pos, self.full = buffer_size, 0, False
-        self.observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
-        self.next_observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
+    def __init__(self, buffer_size, obs_shape):
+        self.buffer_size, self.pos, self.size = buffer_size, 0, 0
+        self.observations = np.zeros((buffer_size, *obs_shape), dtype=np.float32)
+        self.next_observations = np.zeros((buffer_size, *obs_shape), dtype=np.float32)
         self.actions = np.zeros(buffer_size, dtype=np.int32)
         self.rewards = np.zeros(buffer_size, dtype=np.float32)
         self.dones = np.zeros(buffer_size, dtype=np.float32)
 
-    def __len__(self):
-        return self.buffer_size if self.full else self.pos
-
     def add(self, obs, next_obs, actions, rewards, terminations):
-        """Store one transition per env (leading axis = envs)."""
-        idx = (self.pos + np.arange(len(obs))) % self.buffer_size
+        idx = (self.pos + np.arange(len(obs))) % self.buffer_size  # one transition per env
         self.observations[idx] = obs
         self.next_observations[idx] = next_obs
         self.actions[idx] = actions
         self.rewards[idx] = rewards
         self.dones[idx] = terminations
-        self.full = self.full or self.pos + len(obs) >= self.buffer_size
-        self.pos = (self.pos + len(obs)) % self.buffer_size
+        self.pos, self.size = (self.pos + len(obs)) % self.buffer_size, min(self.size + len(obs), self.buffer_size)
 
     def sample(self, batch_size):
-        idx = np.random.randint(0, len(self), size=batch_size)
+        idx = np.random.randint(0, self.size, size=batch_size)
         return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.dones[idx]
 
 
 def real_next_obs(next_obs, infos):
-    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first
-    observation; the true last one is in infos["final_obs"]. Returns next_obs with those put back."""
+    """next_obs with each finished env's true last observation put back (SAME_STEP autoreset: in infos["final_obs"])."""
     real = next_obs.copy()
-    if "_final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            real[i] = infos["final_obs"][i]
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
     return real
 
 
@@ -252,9 +228,7 @@ def polyak_update(online, target, tau):
     target.update(tree_map(lambda o, t: tau * o + (1 - tau) * t, online.parameters(), target.parameters()))
 
 
-def evaluate(
-    model_path, make_env, env_id, eval_episodes, run_name, Model, device=mx.cpu, epsilon=0.05, capture_video=True, seed=1
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, epsilon=0.05):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
     mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
@@ -271,11 +245,9 @@ def evaluate(
         else:
             actions = np.array(mx.argmax(model(mx.array(obs, dtype=mx.float32)), axis=1))
         obs, _, _, _, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -285,22 +257,16 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("dqn_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    mx.set_default_device(mx.gpu if args.device == "gpu" else mx.cpu)
-    print(f"dqn_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
 
+    config = vars(args) | {"framework": "mlx", "algo": "dqn", "blas": BLAS}
     if args.track:
         import wandb
 
@@ -308,17 +274,19 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "mlx", "algo": "dqn", "blas": BLAS},
+            config=config,
             name=run_name,
             group=f"dqn__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
     obs_dim, n_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
@@ -328,13 +296,8 @@ if __name__ == "__main__":
     target_network.update(q_network.parameters())
     mx.eval(q_network.state, target_network.state, optimizer.state)
 
-    # ALGO LOGIC: compiled hot paths. Each captures the live module state (no copies, no state dicts).
-    # Epsilon-greedy draws on the host, as the twin does: a step that explores never calls MLX, and a
-    # compiled greedy forward is ~30% cheaper per call than one that also draws from mx.random.
-    @partial(mx.compile, inputs=[q_network.state])
-    def act(obs):
-        return mx.argmax(q_network(obs), axis=1)
-
+    # epsilon-greedy draws on the host as the twin does: a compiled greedy forward is ~30% cheaper than one drawing from mx.random
+    act = mx.compile(lambda obs: mx.argmax(q_network(obs), axis=1), inputs=[q_network.state])
     state = [q_network.state, target_network.state, optimizer.state]
     train = mx.compile(partial(train_step, q_network, target_network, optimizer, gamma=args.gamma), inputs=state, outputs=state)
     update_target = mx.compile(partial(polyak_update, q_network, target_network, args.tau), inputs=state, outputs=state)
@@ -345,10 +308,9 @@ if __name__ == "__main__":
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
         # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
@@ -360,30 +322,26 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                last_return = float(infos["final_info"]["episode"]["r"][i])
-                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                writer.add_scalar("charts/episodic_return", last_return, global_step)
-                writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+        for last_return, length in finished_episodes(infos):
+            tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", length, global_step)
 
         # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
         rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
-                data = rb.sample(args.batch_size)
-                loss, q_values = train(*(mx.array(x) for x in data))
+                loss, q_values = train(*(mx.array(x) for x in rb.sample(args.batch_size)))
                 mx.eval(loss, q_values, q_network.state, optimizer.state)  # one sync per gradient step
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
                 if global_step % 100 == 0:
                     steps_since_log, last_log_step = global_step - last_log_step, global_step
@@ -391,13 +349,11 @@ if __name__ == "__main__":
                     writer.add_scalar("losses/td_loss", loss.item(), global_step)
                     writer.add_scalar("losses/q_values", q_values.item(), global_step)
                     writer.add_scalar("charts/SPS", sps, global_step)
-                    writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                    env_time = inference_time = update_time = 0.0
-                    progress.update(global_step - progress.n)
+                    for phase, seconds in timing.items():
+                        writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                    timing = dict.fromkeys(timing, 0.0)
                     progress.set_postfix(SPS=sps, ret=last_return)
-                    if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+                    if progress.disable:
                         print("SPS:", sps)
 
             # update target network
@@ -405,9 +361,8 @@ if __name__ == "__main__":
                 t0 = time.perf_counter()
                 update_target()
                 mx.eval(target_network.state)
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         q_network.save_weights(model_path)
@@ -419,10 +374,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             QNetwork,
-            device=mx.default_device(),
+            device,
+            args.capture_video,
+            args.seed,
             epsilon=args.end_e,
-            capture_video=args.capture_video,
-            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,9 +1,6 @@
-"""C51 for discrete actions (classic control) in PyTorch: the reference twin of cleanrl_mlx/c51_mlx.py.
+"""C51 (categorical DQN) for discrete actions (classic control) in eager PyTorch: the reference twin of cleanrl_mlx/c51_mlx.py.
 
-Mirrors CleanRL's c51.py (https://docs.cleanrl.dev/rl-algorithms/c51/#c51py): C51 (categorical DQN,
-Bellemare et al. 2017) with the same defaults, categorical projection, loss and logged tags.
-
-Usage: python cleanrl_torch_reference/c51_torch.py --env-id CartPole-v1
+Docs: docs/c51.md. Run: python cleanrl_torch_reference/c51_torch.py --env-id CartPole-v1
 """
 
 import os
@@ -86,31 +83,18 @@ class Args:
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
     limits = {  # field: (valid?, what it must be)
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "buffer_size", "batch_size")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("target_network_frequency", "train_frequency")},
         "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "n_atoms": (args.n_atoms >= 2, "at least 2"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
-        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "start_e", "end_e")},
         "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "train_frequency": (args.train_frequency > 0, "positive"),
+        "n_atoms": (args.n_atoms >= 2, "at least 2"),
+        "learning_starts": (0 <= args.learning_starts < args.total_timesteps, "non-negative and less than --total-timesteps"),
+        "num_envs": (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)"),
     }
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.num_envs != 1:
-        raise SystemExit(
-            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
-        )
-    if args.learning_starts >= args.total_timesteps:
-        raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
-        )
     if args.v_min >= args.v_max:
         raise SystemExit(f"{script}: need --v-min < --v-max, got [{args.v_min}, {args.v_max}]")
     if args.env_id not in gym.registry:
@@ -139,6 +123,14 @@ def make_env(env_id, idx, capture_video, run_name):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 # ALGO LOGIC: initialize agent here:
 class QNetwork(nn.Module):
     def __init__(self, obs_dim, n_actions, n_atoms=101, v_min=-100, v_max=100):
@@ -160,44 +152,36 @@ class QNetwork(nn.Module):
 
 
 class ReplayBuffer:
-    """Preallocated numpy ring buffer. `dones` holds terminations only (a truncated episode still
-    bootstraps from its true final observation); sampling is one vectorised gather from numpy's
-    global RNG, so twins with the same seed draw the same indices."""
+    """Preallocated ring buffer. `dones` holds terminations only (a truncated episode still bootstraps from its true final
+    observation); sampling is one gather from numpy's global RNG, so same-seed twins draw the same indices."""
 
-    def __init__(self, buffer_size, obs_shape, obs_dtype=np.float32):
-        self.buffer_size, self.pos, self.full = buffer_size, 0, False
-        self.observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
-        self.next_observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
+    def __init__(self, buffer_size, obs_shape):
+        self.buffer_size, self.pos, self.size = buffer_size, 0, 0
+        self.observations = np.zeros((buffer_size, *obs_shape), dtype=np.float32)
+        self.next_observations = np.zeros((buffer_size, *obs_shape), dtype=np.float32)
         self.actions = np.zeros(buffer_size, dtype=np.int64)
         self.rewards = np.zeros(buffer_size, dtype=np.float32)
         self.dones = np.zeros(buffer_size, dtype=np.float32)
 
-    def __len__(self):
-        return self.buffer_size if self.full else self.pos
-
     def add(self, obs, next_obs, actions, rewards, terminations):
-        """Store one transition per env (leading axis = envs)."""
-        idx = (self.pos + np.arange(len(obs))) % self.buffer_size
+        idx = (self.pos + np.arange(len(obs))) % self.buffer_size  # one transition per env
         self.observations[idx] = obs
         self.next_observations[idx] = next_obs
         self.actions[idx] = actions
         self.rewards[idx] = rewards
         self.dones[idx] = terminations
-        self.full = self.full or self.pos + len(obs) >= self.buffer_size
-        self.pos = (self.pos + len(obs)) % self.buffer_size
+        self.pos, self.size = (self.pos + len(obs)) % self.buffer_size, min(self.size + len(obs), self.buffer_size)
 
     def sample(self, batch_size):
-        idx = np.random.randint(0, len(self), size=batch_size)
+        idx = np.random.randint(0, self.size, size=batch_size)
         return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.dones[idx]
 
 
 def real_next_obs(next_obs, infos):
-    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first
-    observation; the true last one is in infos["final_obs"]. Returns next_obs with those put back."""
+    """next_obs with each finished env's true last observation put back (SAME_STEP autoreset: in infos["final_obs"])."""
     real = next_obs.copy()
-    if "_final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            real[i] = infos["final_obs"][i]
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
     return real
 
 
@@ -206,10 +190,9 @@ def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
     return max(slope * t + start_e, end_e)
 
 
-@torch.no_grad()
 def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max):
-    """Project the target distribution r + gamma * z (z: atoms, no bootstrap past a termination) back
-    onto the atoms, splitting each atom's mass between its two neighbours. Returns [batch, n_atoms]."""
+    """Project r + gamma * z (z: atoms, no bootstrap past a termination) onto the atoms, splitting each atom's mass
+    between its two neighbours. Returns [batch, n_atoms]."""
     n_atoms = atoms.shape[0]
     next_atoms = rewards[:, None] + gamma * atoms * (1 - dones[:, None])
     delta_z = atoms[1] - atoms[0]
@@ -229,8 +212,7 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
 
 
 def c51_loss(q_network, obs, actions, target_pmfs):
-    """Cross-entropy between the projected target and the predicted distribution of Q(s, a).
-    Returns (loss, pmfs of Q(s, a)); only `loss` is differentiated."""
+    """Cross-entropy of the projected target and Q(s, a)'s predicted pmfs. Returns (loss, pmfs); only `loss` is differentiated."""
     _, old_pmfs = q_network.get_action(obs, actions)
     loss = (-(target_pmfs * old_pmfs.clamp(min=1e-5, max=1 - 1e-5).log()).sum(-1)).mean()
     return loss, old_pmfs
@@ -262,18 +244,7 @@ def polyak_update(online, target, tau):
         target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=torch.device("cpu"),
-    epsilon=0.05,
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, epsilon=0.05):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's c51_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -289,14 +260,11 @@ def evaluate(
             actions = envs.action_space.sample()
         else:
             with torch.no_grad():
-                actions, _ = model.get_action(torch.Tensor(obs).to(device))
-            actions = actions.cpu().numpy()
+                actions = model.get_action(torch.Tensor(obs).to(device))[0].cpu().numpy()
         obs, _, _, _, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -306,20 +274,15 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"c51_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
+    config = vars(args) | {"framework": "torch", "algo": "c51"}
     if args.track:
         import wandb
 
@@ -327,17 +290,19 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "c51"},
+            config=config,
             name=run_name,
             group=f"c51__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
     obs_dim, n_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
@@ -346,7 +311,8 @@ if __name__ == "__main__":
     optimizer = make_optimizer(q_network, args)
     target_network = Model(obs_dim, n_actions).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    train = partial(train_step, q_network, target_network, optimizer, gamma=args.gamma, v_min=args.v_min, v_max=args.v_max)
+    hyper = dict(gamma=args.gamma, v_min=args.v_min, v_max=args.v_max)
+    train = partial(train_step, q_network, target_network, optimizer, **hyper)
     # CleanRL's C51 copies the online network into the target network outright (tau = 1)
     update_target = partial(polyak_update, q_network, target_network, 1.0)
 
@@ -356,10 +322,9 @@ if __name__ == "__main__":
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
         # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
@@ -367,37 +332,32 @@ if __name__ == "__main__":
             actions = envs.action_space.sample()
         else:
             with torch.no_grad():
-                actions, pmf = q_network.get_action(torch.Tensor(obs).to(device))
-            actions = actions.cpu().numpy()
+                actions = q_network.get_action(torch.Tensor(obs).to(device))[0].cpu().numpy()
         t1 = time.perf_counter()
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                last_return = float(infos["final_info"]["episode"]["r"][i])
-                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                writer.add_scalar("charts/episodic_return", last_return, global_step)
-                writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+        for last_return, length in finished_episodes(infos):
+            tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", length, global_step)
 
         # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
         rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
-                data = rb.sample(args.batch_size)
-                loss, q_values = train(*(torch.as_tensor(x, device=device) for x in data))
+                loss, q_values = train(*(torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)))
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the update is only done when the device is
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
                 if global_step % 100 == 0:
                     steps_since_log, last_log_step = global_step - last_log_step, global_step
@@ -405,25 +365,22 @@ if __name__ == "__main__":
                     writer.add_scalar("losses/loss", loss.item(), global_step)
                     writer.add_scalar("losses/q_values", q_values.item(), global_step)
                     writer.add_scalar("charts/SPS", sps, global_step)
-                    writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                    env_time = inference_time = update_time = 0.0
-                    progress.update(global_step - progress.n)
+                    for phase, seconds in timing.items():
+                        writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                    timing = dict.fromkeys(timing, 0.0)
                     progress.set_postfix(SPS=sps, ret=last_return)
-                    if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+                    if progress.disable:
                         print("SPS:", sps)
 
             # update target network
             if global_step % args.target_network_frequency == 0:
                 t0 = time.perf_counter()
                 update_target()
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in q_network.state_dict().items()}, model_path)
+        save_file(q_network.state_dict(), model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
             model_path,
@@ -432,10 +389,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Model,
-            device=device,
+            device,
+            args.capture_video,
+            args.seed,
             epsilon=args.end_e,
-            capture_video=args.capture_video,
-            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

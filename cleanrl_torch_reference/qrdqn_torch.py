@@ -1,13 +1,6 @@
-"""QR-DQN for discrete actions (classic control) in PyTorch: the reference twin of cleanrl_mlx/qrdqn_mlx.py.
+"""QR-DQN (sb3-contrib's) for discrete actions (classic control) in eager PyTorch: the reference twin of cleanrl_mlx/qrdqn_mlx.py.
 
-Written in the shape of CleanRL's dqn.py; the algorithm is QR-DQN (quantile regression DQN, Dabney et
-al. 2018) as sb3-contrib defines it (quantile midpoints, quantile Huber loss with kappa = 1, greedy
-target action from the mean of the target network's quantiles) with rl-zoo's tuned CartPole-v1
-hyperparameters as defaults. Exploration follows CleanRL's linear epsilon schedule from the first step
-(sb3 instead acts uniformly at random until learning_starts; with these defaults epsilon is still above
-0.88 there).
-
-Usage: python cleanrl_torch_reference/qrdqn_torch.py --env-id CartPole-v1
+Docs: docs/qrdqn.md. Run: python cleanrl_torch_reference/qrdqn_torch.py --env-id CartPole-v1
 """
 
 import os
@@ -92,34 +85,19 @@ class Args:
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
     limits = {  # field: (valid?, what it must be)
-        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
+        **{k: (getattr(args, k) > 0, "positive") for k in ("total_timesteps", "learning_rate", "buffer_size", "batch_size")},
+        **{k: (getattr(args, k) > 0, "positive") for k in ("target_network_frequency", "train_frequency", "gradient_steps")},
         "n_quantiles": (args.n_quantiles > 0, "positive"),
         "net_arch": (all(size > 0 for size in args.net_arch), "positive"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
-        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
-        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "train_frequency": (args.train_frequency > 0, "positive"),
-        "gradient_steps": (args.gradient_steps > 0, "positive"),
+        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
+        **{k: (0 <= getattr(args, k) <= 1, "in [0, 1]") for k in ("gamma", "start_e", "end_e")},
+        **{k: (0 < getattr(args, k) <= 1, "in (0, 1]") for k in ("tau", "exploration_fraction")},
+        "learning_starts": (0 <= args.learning_starts < args.total_timesteps, "non-negative and less than --total-timesteps"),
+        "num_envs": (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)"),
     }
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.num_envs != 1:
-        raise SystemExit(
-            f"{script}: --num-envs must be 1 (vectorized envs are not supported, as in CleanRL), got {args.num_envs}"
-        )
-    if args.learning_starts >= args.total_timesteps:
-        raise SystemExit(
-            f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
-        )
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     try:
@@ -146,6 +124,14 @@ def make_env(env_id, idx, capture_video, run_name):
     return thunk
 
 
+def finished_episodes(infos):
+    """(return, length) of every env whose episode ended this step (SAME_STEP autoreset: in final_info)."""
+    if "final_info" not in infos or "episode" not in infos["final_info"]:
+        return []
+    final = infos["final_info"]
+    return [(float(final["episode"]["r"][i]), int(final["episode"]["l"][i])) for i in np.flatnonzero(final["_episode"])]
+
+
 # ALGO LOGIC: initialize agent here:
 class QNetwork(nn.Module):
     def __init__(self, obs_dim, n_actions, n_quantiles=10, net_arch=(256, 256)):
@@ -165,44 +151,36 @@ class QNetwork(nn.Module):
 
 
 class ReplayBuffer:
-    """Preallocated numpy ring buffer. `dones` holds terminations only (a truncated episode still
-    bootstraps from its true final observation); sampling is one vectorised gather from numpy's
-    global RNG, so twins with the same seed draw the same indices."""
+    """Preallocated ring buffer. `dones` holds terminations only (a truncated episode still bootstraps from its true final
+    observation); sampling is one gather from numpy's global RNG, so same-seed twins draw the same indices."""
 
-    def __init__(self, buffer_size, obs_shape, obs_dtype=np.float32):
-        self.buffer_size, self.pos, self.full = buffer_size, 0, False
-        self.observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
-        self.next_observations = np.zeros((buffer_size,) + obs_shape, dtype=obs_dtype)
+    def __init__(self, buffer_size, obs_shape):
+        self.buffer_size, self.pos, self.size = buffer_size, 0, 0
+        self.observations = np.zeros((buffer_size, *obs_shape), dtype=np.float32)
+        self.next_observations = np.zeros((buffer_size, *obs_shape), dtype=np.float32)
         self.actions = np.zeros(buffer_size, dtype=np.int64)
         self.rewards = np.zeros(buffer_size, dtype=np.float32)
         self.dones = np.zeros(buffer_size, dtype=np.float32)
 
-    def __len__(self):
-        return self.buffer_size if self.full else self.pos
-
     def add(self, obs, next_obs, actions, rewards, terminations):
-        """Store one transition per env (leading axis = envs)."""
-        idx = (self.pos + np.arange(len(obs))) % self.buffer_size
+        idx = (self.pos + np.arange(len(obs))) % self.buffer_size  # one transition per env
         self.observations[idx] = obs
         self.next_observations[idx] = next_obs
         self.actions[idx] = actions
         self.rewards[idx] = rewards
         self.dones[idx] = terminations
-        self.full = self.full or self.pos + len(obs) >= self.buffer_size
-        self.pos = (self.pos + len(obs)) % self.buffer_size
+        self.pos, self.size = (self.pos + len(obs)) % self.buffer_size, min(self.size + len(obs), self.buffer_size)
 
     def sample(self, batch_size):
-        idx = np.random.randint(0, len(self), size=batch_size)
+        idx = np.random.randint(0, self.size, size=batch_size)
         return self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx], self.dones[idx]
 
 
 def real_next_obs(next_obs, infos):
-    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first
-    observation; the true last one is in infos["final_obs"]. Returns next_obs with those put back."""
+    """next_obs with each finished env's true last observation put back (SAME_STEP autoreset: in infos["final_obs"])."""
     real = next_obs.copy()
-    if "_final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            real[i] = infos["final_obs"][i]
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
     return real
 
 
@@ -213,13 +191,10 @@ def linear_schedule(start_e: float, end_e: float, duration: int, t: int):
 
 @torch.no_grad()
 def qrdqn_target(target_network, next_obs, rewards, dones, gamma):
-    """r + gamma * (quantiles of the target network at s' for its greedy action), not bootstrapped
-    past a termination. Returns [batch, n_quantiles]."""
+    """r + gamma * (target network's quantiles at s' for its greedy action), not bootstrapped past a termination: [batch, N]."""
     next_quantiles = target_network(next_obs)
-    next_greedy_actions = next_quantiles.mean(dim=1).argmax(dim=1)
-    next_quantiles = next_quantiles.gather(2, next_greedy_actions[:, None, None].expand(-1, next_quantiles.shape[1], 1)).squeeze(
-        2
-    )
+    next_greedy_actions = torch.argmax(next_quantiles.mean(dim=1), dim=1)
+    next_quantiles = torch.take_along_dim(next_quantiles, next_greedy_actions[:, None, None], dim=2).squeeze(2)
     return rewards[:, None] + (1 - dones[:, None]) * gamma * next_quantiles
 
 
@@ -227,10 +202,8 @@ def quantile_huber_loss(current_quantiles, target_quantiles):
     """Quantile Huber loss (kappa = 1) of current [batch, N] against target [batch, N'] quantiles at the
     midpoints tau_i = (i + 0.5) / N: summed over current quantiles, averaged over targets and batch."""
     n_quantiles = current_quantiles.shape[-1]
-    cum_prob = ((torch.arange(n_quantiles, device=current_quantiles.device, dtype=torch.float) + 0.5) / n_quantiles).view(
-        1, -1, 1
-    )
-    pairwise_delta = target_quantiles.unsqueeze(-2) - current_quantiles.unsqueeze(-1)  # [batch, N, N']
+    cum_prob = ((torch.arange(n_quantiles, device=current_quantiles.device) + 0.5) / n_quantiles)[None, :, None]
+    pairwise_delta = target_quantiles[:, None, :] - current_quantiles[:, :, None]  # [batch, N, N']
     abs_pairwise_delta = torch.abs(pairwise_delta)
     huber_loss = torch.where(abs_pairwise_delta > 1, abs_pairwise_delta - 0.5, pairwise_delta**2 * 0.5)
     loss = torch.abs(cum_prob - (pairwise_delta.detach() < 0).float()) * huber_loss
@@ -238,23 +211,20 @@ def quantile_huber_loss(current_quantiles, target_quantiles):
 
 
 def qrdqn_loss(q_network, obs, actions, target_quantiles):
-    """Quantile Huber loss of the quantiles of Q(s, a). Returns (loss, quantiles of Q(s, a)); only
-    `loss` is differentiated."""
-    quantiles = q_network(obs)
-    current_quantiles = quantiles.gather(2, actions[:, None, None].expand(-1, quantiles.shape[1], 1)).squeeze(2)
+    """Quantile Huber loss of the quantiles of Q(s, a). Returns (loss, those quantiles); only `loss` is differentiated."""
+    current_quantiles = torch.take_along_dim(q_network(obs), actions[:, None, None], dim=2).squeeze(2)
     return quantile_huber_loss(current_quantiles, target_quantiles), current_quantiles
 
 
 def make_optimizer(q_network, args):
-    """Adam with sb3-contrib's settings for QR-DQN: the learning rate, eps 0.01 / batch_size (as in the
-    paper), bias-corrected steps."""
+    """Adam with sb3-contrib's QR-DQN settings: the learning rate, eps 0.01 / batch_size (the paper's), bias-corrected steps."""
     return optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=0.01 / args.batch_size)
 
 
 def train_step(q_network, target_network, optimizer, obs, actions, rewards, next_obs, dones, *, gamma):
     """One gradient step on a replay batch. Returns (quantile Huber loss, mean quantile of Q(s, a)) for logging."""
-    target_quantiles = qrdqn_target(target_network, next_obs, rewards, dones, gamma)
-    loss, current_quantiles = qrdqn_loss(q_network, obs, actions, target_quantiles)
+    target = qrdqn_target(target_network, next_obs, rewards, dones, gamma)
+    loss, current_quantiles = qrdqn_loss(q_network, obs, actions, target)
 
     # optimize the model
     optimizer.zero_grad()
@@ -270,18 +240,7 @@ def polyak_update(online, target, tau):
         target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=torch.device("cpu"),
-    epsilon=0.05,
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, epsilon=0.05):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -299,11 +258,9 @@ def evaluate(
             with torch.no_grad():
                 actions = model.get_action(torch.Tensor(obs).to(device)).cpu().numpy()
         obs, _, _, _, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                episodic_return = infos["final_info"]["episode"]["r"][i]
-                print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
-                episodic_returns.append(episodic_return)
+        for episodic_return, _ in finished_episodes(infos):
+            print(f"eval_episode={len(episodic_returns)}, episodic_return={episodic_return}")
+            episodic_returns.append(episodic_return)
     envs.close()
     return episodic_returns
 
@@ -313,20 +270,15 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"qrdqn_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
+    config = vars(args) | {"framework": "torch", "algo": "qrdqn"}
     if args.track:
         import wandb
 
@@ -334,17 +286,19 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "qrdqn"},
+            config=config,
             name=run_name,
             group=f"qrdqn__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
     obs_dim, n_actions = int(np.prod(envs.single_observation_space.shape)), int(envs.single_action_space.n)
@@ -362,11 +316,11 @@ if __name__ == "__main__":
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
-        # ALGO LOGIC: put action logic here
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
+        # ALGO LOGIC: put action logic here (epsilon decays from the first step as in CleanRL; sb3 acts at random until
+        # learning_starts, where with these defaults epsilon is still above 0.88)
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
         if random.random() < epsilon:
@@ -378,32 +332,28 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        if "final_info" in infos:
-            for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                last_return = float(infos["final_info"]["episode"]["r"][i])
-                tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
-                writer.add_scalar("charts/episodic_return", last_return, global_step)
-                writer.add_scalar("charts/episodic_length", infos["final_info"]["episode"]["l"][i], global_step)
+        for last_return, length in finished_episodes(infos):
+            tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
+            writer.add_scalar("charts/episodic_return", last_return, global_step)
+            writer.add_scalar("charts/episodic_length", length, global_step)
 
         # TRY NOT TO MODIFY: save data to reply buffer; handle `final_obs`
         rb.add(obs, real_next_obs(next_obs, infos), actions, rewards, terminations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training: every train_frequency steps, gradient_steps updates in a row (as sb3 does)
         if global_step > args.learning_starts:
             if global_step % args.train_frequency == 0:
                 t0 = time.perf_counter()
                 for _ in range(args.gradient_steps):
-                    data = rb.sample(args.batch_size)
-                    loss, q_values = train(*(torch.as_tensor(x, device=device) for x in data))
+                    loss, q_values = train(*(torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)))
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the update is only done when the device is
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
                 # one log per training phase (losses of its last gradient step)
                 steps_since_log, last_log_step = global_step - last_log_step, global_step
@@ -411,25 +361,22 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/loss", loss.item(), global_step)
                 writer.add_scalar("losses/q_values", q_values.item(), global_step)
                 writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                env_time = inference_time = update_time = 0.0
-                progress.update(global_step - progress.n)
+                for phase, seconds in timing.items():
+                    writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                timing = dict.fromkeys(timing, 0.0)
                 progress.set_postfix(SPS=sps, ret=last_return)
-                if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
+                if progress.disable:
                     print("SPS:", sps)
 
             # update target network
             if global_step % args.target_network_frequency == 0:
                 t0 = time.perf_counter()
                 update_target()
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in q_network.state_dict().items()}, model_path)
+        save_file(q_network.state_dict(), model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
             model_path,
@@ -438,10 +385,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Model,
-            device=device,
+            device,
+            args.capture_video,
+            args.seed,
             epsilon=args.end_e,
-            capture_video=args.capture_video,
-            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

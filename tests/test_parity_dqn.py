@@ -177,7 +177,7 @@ def test_ring_buffer_and_vectorised_sampling(module):
     for t in range(13):  # wraps around: holds transitions 3..12
         obs = np.full((1, 2), t, dtype=np.float32)
         rb.add(obs, obs + 0.5, np.array([t % 3]), np.array([float(t)]), np.array([t % 2 == 0]))
-    assert len(rb) == 10 and rb.pos == 3
+    assert rb.size == 10 and rb.pos == 3
     assert sorted(rb.rewards) == list(range(3, 13))
     np.random.seed(7)
     obs, actions, rewards, next_obs, dones = rb.sample(256)
