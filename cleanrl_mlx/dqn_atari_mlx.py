@@ -1,11 +1,6 @@
-"""DQN on Atari (Nature CNN, 84x84x4 grayscale frames) in MLX.
+"""DQN on Atari (Nature CNN, 84x84x4 frames) in MLX as CleanRL's dqn_atari.py: same defaults, preprocessing, loss, tags.
 
-CleanRL's dqn_atari.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy): same defaults, same
-preprocessing, same TD loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
-skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too). The
-replay memory stores each frame once, so the default 1M transitions fit in ~7 GB.
-
-Usage: python cleanrl_mlx/dqn_atari_mlx.py --env-id BreakoutNoFrameskip-v4
+Twin: cleanrl_torch_reference/dqn_atari_torch.py. Docs: docs/dqn_atari.md. Run: python cleanrl_mlx/dqn_atari_mlx.py
 """
 
 import ctypes
@@ -23,28 +18,23 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+# Linux mlx[cpu] bundles a reference BLAS ~30x slower than OpenBLAS: load the system's before MLX so MLX binds to it
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"  # opt out on Linux: CLEANRL_MLX_BLAS=bundled
 if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
     try:
         ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
         BLAS = "openblas"
     except OSError:
         BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 from mlx.utils import tree_map  # noqa: E402
 
-# tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
-# entry in sys.modules makes that import fail, so tensorboardX goes on without it
-sys.modules.setdefault("torch", None)
+sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
 
-if sys.modules["torch"] is None:
+if sys.modules["torch"] is None:  # let later code import torch again
     del sys.modules["torch"]
 
 gym.register_envs(ale_py)
@@ -104,27 +94,16 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    limits = {  # field: (valid?, what it must be)
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "num_envs": (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
-        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
-        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "train_frequency": (args.train_frequency > 0, "positive"),
-        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
-    }
+    positive = "total_timesteps learning_rate buffer_size target_network_frequency batch_size train_frequency".split()
+    limits = {name: (getattr(args, name) > 0, "positive") for name in positive}  # field: (valid?, what it must be)
+    limits |= {name: (getattr(args, name) >= 0, "non-negative") for name in ("learning_starts", "eval_episodes")}
+    limits |= {name: (0 <= getattr(args, name) <= 1, "in [0, 1]") for name in ("gamma", "start_e", "end_e")}
+    limits |= {name: (0 < getattr(args, name) <= 1, "in (0, 1]") for name in ("tau", "exploration_fraction")}
+    limits["num_envs"] = (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)")
+    limits["device"] = (args.device in ("gpu", "cpu"), '"gpu" or "cpu"')
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.device not in ("gpu", "cpu"):
-        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
     if args.learning_starts >= args.total_timesteps:
         raise SystemExit(
             f"{script}: --learning-starts {args.learning_starts} must be less than --total-timesteps {args.total_timesteps}"
@@ -132,9 +111,7 @@ def check_args(args: Args, script: str) -> None:
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(
-            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
-        )
+        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; try {script.replace('_atari', '')}")
     try:
         env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
     except gym.error.DependencyNotInstalled as e:
@@ -144,14 +121,12 @@ def check_args(args: Args, script: str) -> None:
     env.close()
 
 
-# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
-# out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
+# Atari preprocessing as CleanRL's (SB3's wrappers, written out): the episode statistics wrap the raw game, so a logged
+# return is a real game score over all lives. Every ALE id is made with frameskip=1: MaxAndSkipEnv's skip is the only one.
 class NoopResetEnv(gym.Wrapper):
     """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
 
-    def __init__(self, env, noop_max=30):
-        super().__init__(env)
-        self.noop_max = noop_max
+    noop_max = 30
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -163,23 +138,20 @@ class NoopResetEnv(gym.Wrapper):
 
 
 class MaxAndSkipEnv(gym.Wrapper):
-    """Repeat each action `skip` frames, sum the rewards, and return the pixel-wise max of the last two
-    frames (Atari sprites flicker between frames)."""
+    """Repeat each action `skip` frames, sum the rewards, return the max of the last two frames (sprites flicker) or, if the
+    game ended early, its last frame."""
 
-    def __init__(self, env, skip=4):
-        super().__init__(env)
-        self.skip = skip
+    skip = 4
 
     def step(self, action):
-        total_reward, last_frames = 0.0, []
-        for i in range(self.skip):
+        total_reward, frames = 0.0, []
+        for _ in range(self.skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total_reward += reward
-            if i >= self.skip - 2:
-                last_frames.append(obs)
+            frames.append(obs)
             if terminated or truncated:
                 break
-        frame = np.maximum(last_frames[0], last_frames[-1]) if last_frames else obs
+        frame = np.maximum(frames[-2], frames[-1]) if len(frames) == self.skip else obs
         return frame, total_reward, terminated, truncated, info
 
 
@@ -187,26 +159,20 @@ class EpisodicLifeEnv(gym.Wrapper):
     """End the episode (for learning) when a life is lost, but reset the game only when it is really
     over: the reset after a lost life is a no-op step. The statistics wrapper below sees real games."""
 
-    def __init__(self, env):
-        super().__init__(env)
-        self.lives, self.was_real_done = 0, True
+    lives, was_real_done = 0, True
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.was_real_done = terminated or truncated
-        lives = self.unwrapped.ale.lives()
-        if 0 < lives < self.lives:
-            terminated = True
-        self.lives = lives
-        return obs, reward, terminated, truncated, info
+        lost_life = 0 < self.unwrapped.ale.lives() < self.lives
+        self.lives = self.unwrapped.ale.lives()
+        return obs, reward, terminated or lost_life, truncated, info
 
     def reset(self, **kwargs):
-        if self.was_real_done:
-            obs, info = self.env.reset(**kwargs)
-        else:
+        if not self.was_real_done:  # a lost life: go on with a no-op step, not a new game
             obs, _, terminated, truncated, info = self.env.step(0)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
+        if self.was_real_done or terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
         self.lives = self.unwrapped.ale.lives()
         return obs, info
 
@@ -223,39 +189,30 @@ class FireResetEnv(gym.Wrapper):
         return obs, info
 
 
-class ClipRewardEnv(gym.RewardWrapper):
-    """Learn from the sign of the reward (-1, 0, +1); the logged return stays the raw score."""
-
-    def reward(self, reward):
-        return np.sign(reward)
-
-
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
-        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
             env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
             env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = NoopResetEnv(env, noop_max=30)
-        env = MaxAndSkipEnv(env, skip=4)
+        env = NoopResetEnv(env)
+        env = MaxAndSkipEnv(env)
         env = EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireResetEnv(env)
-        env = ClipRewardEnv(env)
+        env = gym.wrappers.TransformReward(env, np.sign)  # learn from the reward's sign; the logged return stays the raw score
         env = gym.wrappers.ResizeObservation(env, (84, 84))
         env = gym.wrappers.GrayscaleObservation(env)
-        env = gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
-        return env
+        return gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
 
     return thunk
 
 
 def finished_episodes(infos):
-    """(return, length) of every env whose *game* ended this step. A lost life also ends an episode for
-    the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
+    """(return, length) of every env whose *game* ended this step (SAME_STEP autoreset: in final_info). A lost life also
+    ends an episode for the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
     if "final_info" not in infos or "episode" not in infos["final_info"]:
         return []
     final = infos["final_info"]
@@ -263,16 +220,10 @@ def finished_episodes(infos):
 
 
 class Conv2d(nn.Module):
-    """torch's nn.Conv2d(in, out, k, stride) on NHWC input, with the weight stored in torch's layout
-    (out, in, k, k): parameter names and shapes equal the torch twin's, so a saved file loads in either
-    framework untouched (the on-disk layout is torch's).
-
-    MLX's CPU backend computes a strided convolution's input gradient on a slow path. When k % stride
-    == 0, the strided conv equals a stride-1 conv with a (k/s)x(k/s) kernel on the space-to-depth(s)
-    input: input pixel (i*s+p, j*s+q, c) becomes channel (p, q, c) of block (i, j), and weight tap
-    (a*s+p, b*s+q) becomes tap (a, b) of that channel. Both rearrangements are reshapes/transposes that
-    run inside the compiled functions, so the forward and every gradient take the fast stride-1 path.
-    """
+    """torch's nn.Conv2d(in, out, k, stride) on NHWC input, its weight in torch's (out, in, k, k) layout so a saved file
+    loads in either twin. MLX's CPU backend takes a slow path for a strided conv's input gradient (~70x slower): with
+    k % stride == 0 the conv equals a stride-1 conv with a (k/s)x(k/s) kernel on the space-to-depth(s) input: input pixel
+    (i*s+p, j*s+q, c) becomes channel (p, q, c) of block (i, j), weight tap (a*s+p, b*s+q) becomes tap (a, b)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1):
         super().__init__()
@@ -283,39 +234,24 @@ class Conv2d(nn.Module):
         self.stride = stride
 
     def __call__(self, x):
-        s = self.stride
-        out_c, in_c, k, _ = self.weight.shape
-        n, h, w, _ = x.shape
+        (out_c, in_c, k, _), (n, h, w, _), s = self.weight.shape, x.shape, self.stride
         m, oh, ow = k // s, (h - k) // s + 1, (w - k) // s + 1
-        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols torch's strided conv reads
-        x = (
-            x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
-            .transpose(0, 1, 3, 2, 4, 5)
-            .reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
-        )
+        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :].reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
+        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
         weight = self.weight.reshape(out_c, in_c, m, s, m, s).transpose(0, 2, 4, 3, 5, 1).reshape(out_c, m, m, s * s * in_c)
         return mx.conv2d(x, weight) + self.bias
 
 
-class Flatten(nn.Module):
-    """Flatten NHWC feature maps in torch's (C, H, W) order, so the next Linear's weight is the twin's."""
-
+class Flatten(nn.Module):  # NHWC feature maps flattened in torch's (C, H, W) order, so the next Linear's weight is the twin's
     def __call__(self, x):
         return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
-def forward(layers, x):
-    for layer in layers:
-        x = layer(x)
-    return x
-
-
 # ALGO LOGIC: initialize agent here (torch's default init, as CleanRL's dqn_atari uses)
 class QNetwork(nn.Module):
-    # a plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., the torch twin's
     def __init__(self, n_actions):
         super().__init__()
-        self.network = [
+        self.network = [  # a list, not nn.Sequential: parameter names are `network.0.weight`, ..., the torch twin's
             Conv2d(4, 32, 8, stride=4),
             nn.ReLU(),
             Conv2d(32, 64, 4, stride=2),
@@ -328,22 +264,23 @@ class QNetwork(nn.Module):
             nn.Linear(512, n_actions),
         ]
 
-    def __call__(self, x):
-        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
-        return forward(self.network, (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1))
+    def __call__(self, x):  # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
+        x = (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1)
+        for layer in self.network:
+            x = layer(x)
+        return x
 
 
 class FrameReplayBuffer:
-    """Replay buffer for one env of frame stacks that stores every 84x84 uint8 frame once and rebuilds
-    the stacks when sampling: ~7 GB for 1M transitions, where a buffer of (obs, next_obs) stacks needs
-    56 GB. Sampling returns exactly what such a buffer would (same ring slots, same numpy index draws).
+    """Replay buffer for one env of frame stacks that stores every 84x84 uint8 frame once and rebuilds the stacks when
+    sampling: ~7 GB for 1M transitions, where a buffer of (obs, next_obs) stacks needs 56 GB. Sampling returns exactly
+    what such a buffer would (same ring slots, same numpy index draws).
 
-    An episode is frames x_0 (reset), x_1, ..., x_T (true final observation, also on truncation); the
-    observation at step t is the stack [x_{t-3}, ..., x_t] with indices below 0 reading x_0, as
-    FrameStackObservation pads. Transition number g (t-th of its episode) stores its next frame x_{t+1}
-    in `frames[g % (buffer_size + 4)]`; the 4 extra frames keep the history of the oldest transition
-    alive. x_0 of each episode is kept in `first_frames`, keyed by the number of its first transition,
-    until no stored transition reads it any more. `dones` holds terminations only."""
+    An episode is frames x_0 (reset), x_1, ..., x_T (true final observation, also on truncation); the observation at step
+    t is the stack [x_{t-3}, ..., x_t] with indices below 0 reading x_0, as FrameStackObservation pads. Transition number
+    g (t-th of its episode) stores its next frame x_{t+1} in `frames[g % (buffer_size + 4)]`; the 4 extra frames keep
+    the history of the oldest transition alive. x_0 of each episode is kept in `first_frames`, keyed by the number of its
+    first transition, until no stored transition reads it any more. `dones` holds terminations only."""
 
     def __init__(self, buffer_size, frame_shape=(84, 84), stack=4):
         self.buffer_size, self.stack, self.n_frames = buffer_size, stack, buffer_size + stack
@@ -361,10 +298,9 @@ class FrameReplayBuffer:
     def add(self, obs, next_obs, actions, rewards, terminations, truncations):
         """Store one transition of the single env (leading axis = envs, of size 1)."""
         g, slot = self.count, self.count % self.buffer_size
+        self.t = 0 if self.new_episode else self.t + 1
         if self.new_episode:
-            self.first_frames[g], self.t = obs[0, -1].copy(), 0
-        else:
-            self.t += 1
+            self.first_frames[g] = obs[0, -1].copy()
         self.frames[g % self.n_frames] = next_obs[0, -1]
         self.steps[slot], self.actions[slot] = self.t, actions[0]
         self.rewards[slot], self.dones[slot] = rewards[0], terminations[0]
@@ -385,12 +321,11 @@ class FrameReplayBuffer:
 
 
 def real_next_obs(next_obs, infos):
-    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first
-    observation; the true last one is in infos["final_obs"]. Returns next_obs with those put back."""
+    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first observation; the true
+    last one is in infos["final_obs"]. Returns next_obs with those put back."""
     real = next_obs.copy()
-    if "_final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            real[i] = infos["final_obs"][i]
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
     return real
 
 
@@ -432,18 +367,7 @@ def polyak_update(online, target, tau):
     target.update(tree_map(lambda o, t: tau * o + (1 - tau) * t, online.parameters(), target.parameters()))
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=mx.cpu,
-    epsilon=0.05,
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, epsilon=0.05):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` games."""
     mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
@@ -472,45 +396,33 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("dqn_atari_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    device = mx.gpu if args.device == "gpu" else mx.cpu
-    mx.set_default_device(device)
-    # MLX's CPU allocator keeps only 32 MB of freed buffers for reuse (the GPU backends keep up to the memory
-    # limit). The CNN's im2col temporaries are ~100 MB at batch 256, so each would be a fresh allocation,
-    # page-faulted in on every gradient step: raising the limit makes the CPU update ~1.9x faster.
-    mx.set_cache_limit(mx.get_memory_limit())
-    print(f"dqn_atari_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    # The CPU allocator keeps only 32 MB of freed buffers: the CNN's ~100 MB im2col temporaries would be page-faulted in
+    # afresh on every gradient step. Keeping them makes the CPU update ~1.9x faster.
+    mx.set_cache_limit(mx.get_memory_limit())
+    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
 
+    config = vars(args) | {"framework": "mlx", "algo": "dqn_atari", "blas": BLAS}
     if args.track:
         import wandb
 
         wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args) | {"framework": "mlx", "algo": "dqn_atari", "blas": BLAS},
-            name=run_name,
-            group=f"dqn_atari__{args.env_id}",
-            monitor_gym=True,
-            save_code=True,
-        )
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config, name=run_name,
+            group=f"dqn_atari__{args.env_id}", monitor_gym=True, save_code=True,
+        )  # fmt: skip
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
     n_actions = int(envs.single_action_space.n)
@@ -519,15 +431,10 @@ if __name__ == "__main__":
     target_network = QNetwork(n_actions)
     target_network.update(q_network.parameters())
     mx.eval(q_network.state, target_network.state, optimizer.state)
-    train = partial(train_step, q_network, target_network, optimizer, gamma=args.gamma)
+    state = [q_network.state, target_network.state, optimizer.state]
+    train = mx.compile(partial(train_step, q_network, target_network, optimizer, gamma=args.gamma), inputs=state, outputs=state)
 
-    # ALGO LOGIC: compiled hot paths. Each captures the live module state (no copies, no state dicts).
-    # Exploration is decided on the host (random.random(), as CleanRL), so the network runs only for
-    # greedy steps and epsilon never enters compiled code.
-    train = mx.compile(
-        train, inputs=[q_network.state, target_network.state, optimizer.state], outputs=[q_network.state, optimizer.state]
-    )
-
+    # exploration is decided on the host (random.random(), as CleanRL): the network runs only for greedy steps
     @partial(mx.compile, inputs=[q_network.state])
     def greedy_action(obs):
         return mx.argmax(q_network(obs), axis=1)
@@ -539,10 +446,9 @@ if __name__ == "__main__":
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     envs.single_action_space.seed(args.seed)  # what random exploration samples from
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
         # ALGO LOGIC: put action logic here (np.array(...) is the one host sync of a greedy step)
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
@@ -564,9 +470,8 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
@@ -575,7 +480,7 @@ if __name__ == "__main__":
                 data = rb.sample(args.batch_size)  # frames stay uint8
                 loss, q_values = train(*(mx.array(x) for x in data))
                 mx.eval(loss, q_values, q_network.state, optimizer.state)  # one sync per gradient step
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
                 if global_step % 100 == 0:
                     steps_since_log, last_log_step = global_step - last_log_step, global_step
@@ -583,11 +488,9 @@ if __name__ == "__main__":
                     writer.add_scalar("losses/td_loss", loss.item(), global_step)
                     writer.add_scalar("losses/q_values", q_values.item(), global_step)
                     writer.add_scalar("charts/SPS", sps, global_step)
-                    writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                    env_time = inference_time = update_time = 0.0
-                    progress.update(global_step - progress.n)
+                    for phase, seconds in timing.items():
+                        writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                    timing = dict.fromkeys(timing, 0.0)
                     progress.set_postfix(SPS=sps, ret=last_return)
                     if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
                         print("SPS:", sps)
@@ -597,9 +500,8 @@ if __name__ == "__main__":
                 t0 = time.perf_counter()
                 polyak_update(q_network, target_network, args.tau)
                 mx.eval(target_network.state)
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         q_network.save_weights(model_path)
@@ -611,10 +513,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             QNetwork,
-            device=device,
+            device,
+            args.capture_video,
+            args.seed,
             epsilon=args.end_e,
-            capture_video=args.capture_video,
-            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

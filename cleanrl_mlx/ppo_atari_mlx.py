@@ -1,10 +1,6 @@
-"""PPO on Atari (Nature CNN, 84x84x4 grayscale frames) in MLX.
+"""PPO on Atari (Nature CNN, 84x84x4 frames) in MLX as CleanRL's ppo_atari.py: same defaults, preprocessing, loss, tags.
 
-CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy): same defaults, same
-preprocessing, same loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
-skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too).
-
-Usage: python cleanrl_mlx/ppo_atari_mlx.py --env-id BreakoutNoFrameskip-v4
+Twin: cleanrl_torch_reference/ppo_atari_torch.py. Docs: docs/ppo_atari.md. Run: python cleanrl_mlx/ppo_atari_mlx.py
 """
 
 import ctypes
@@ -22,27 +18,22 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-# The Linux `mlx[cpu]` wheel bundles the netlib reference BLAS, ~30x slower than OpenBLAS on these
-# matmuls. Loading a system OpenBLAS with RTLD_GLOBAL before MLX is imported makes MLX bind to it.
-# Opt out with CLEANRL_MLX_BLAS=bundled. (macOS uses Accelerate.)
-BLAS = "accelerate" if sys.platform == "darwin" else "bundled"
+# Linux mlx[cpu] bundles a reference BLAS ~30x slower than OpenBLAS: load the system's before MLX so MLX binds to it
+BLAS = "accelerate" if sys.platform == "darwin" else "bundled"  # opt out on Linux: CLEANRL_MLX_BLAS=bundled
 if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "bundled":
     try:
         ctypes.CDLL("libopenblas.so.0", mode=ctypes.RTLD_GLOBAL)
         BLAS = "openblas"
     except OSError:
         BLAS = "bundled (libopenblas.so.0 not found: apt install libopenblas0-pthread)"
-
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
 
-# tensorboardX imports torch whenever it is installed (~1.5 s and ~180 MB that an MLX run never uses): a None
-# entry in sys.modules makes that import fail, so tensorboardX goes on without it
-sys.modules.setdefault("torch", None)
+sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
 
-if sys.modules["torch"] is None:
+if sys.modules["torch"] is None:  # let later code import torch again
     del sys.modules["torch"]
 
 gym.register_envs(ale_py)
@@ -116,43 +107,24 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    limits = {  # field: (valid?, what it must be)
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "num_envs": (args.num_envs > 0, "positive"),
-        "num_steps": (args.num_steps > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "gae_lambda": (0 <= args.gae_lambda <= 1, "in [0, 1]"),
-        "num_minibatches": (args.num_minibatches > 0, "positive"),
-        "update_epochs": (args.update_epochs > 0, "positive"),
-        "clip_coef": (args.clip_coef > 0, "positive"),
-        "ent_coef": (args.ent_coef >= 0, "non-negative"),
-        "vf_coef": (args.vf_coef >= 0, "non-negative"),
-        "max_grad_norm": (args.max_grad_norm > 0, "positive"),
-        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
-        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
-    }
+    positive = "total_timesteps learning_rate num_envs num_steps num_minibatches update_epochs clip_coef max_grad_norm".split()
+    limits = {name: (getattr(args, name) > 0, "positive") for name in positive}  # field: (valid?, what it must be)
+    limits |= {name: (getattr(args, name) >= 0, "non-negative") for name in ("ent_coef", "vf_coef", "eval_episodes")}
+    limits |= {name: (0 <= getattr(args, name) <= 1, "in [0, 1]") for name in ("gamma", "gae_lambda")}
+    limits["target_kl"] = (args.target_kl is None or args.target_kl > 0, "None or positive")
+    limits["device"] = (args.device in ("gpu", "cpu"), '"gpu" or "cpu"')
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if args.device not in ("gpu", "cpu"):
-        raise SystemExit(f'{script}: --device must be "gpu" or "cpu", got {args.device!r}')
-    if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
-        raise SystemExit(
-            f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
-            f"num_minibatches = {args.num_minibatches}"
-        )
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise SystemExit(
-            f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
-            f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
-        )
+    rollout = args.num_envs * args.num_steps
+    if rollout % args.num_minibatches != 0:
+        raise SystemExit(f"{script}: num_envs*num_steps = {rollout} is not divisible by num_minibatches = {args.num_minibatches}")
+    if args.total_timesteps < rollout:
+        raise SystemExit(f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(
-            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
-        )
+        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; try {script.replace('_atari', '')}")
     try:
         env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
     except gym.error.DependencyNotInstalled as e:
@@ -162,14 +134,12 @@ def check_args(args: Args, script: str) -> None:
     env.close()
 
 
-# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
-# out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
+# Atari preprocessing as CleanRL's (SB3's wrappers, written out): the episode statistics wrap the raw game, so a logged
+# return is a real game score over all lives. Every ALE id is made with frameskip=1: MaxAndSkipEnv's skip is the only one.
 class NoopResetEnv(gym.Wrapper):
     """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
 
-    def __init__(self, env, noop_max=30):
-        super().__init__(env)
-        self.noop_max = noop_max
+    noop_max = 30
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -181,23 +151,20 @@ class NoopResetEnv(gym.Wrapper):
 
 
 class MaxAndSkipEnv(gym.Wrapper):
-    """Repeat each action `skip` frames, sum the rewards, and return the pixel-wise max of the last two
-    frames (Atari sprites flicker between frames)."""
+    """Repeat each action `skip` frames, sum the rewards, return the max of the last two frames (sprites flicker) or, if the
+    game ended early, its last frame."""
 
-    def __init__(self, env, skip=4):
-        super().__init__(env)
-        self.skip = skip
+    skip = 4
 
     def step(self, action):
-        total_reward, last_frames = 0.0, []
-        for i in range(self.skip):
+        total_reward, frames = 0.0, []
+        for _ in range(self.skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total_reward += reward
-            if i >= self.skip - 2:
-                last_frames.append(obs)
+            frames.append(obs)
             if terminated or truncated:
                 break
-        frame = np.maximum(last_frames[0], last_frames[-1]) if last_frames else obs
+        frame = np.maximum(frames[-2], frames[-1]) if len(frames) == self.skip else obs
         return frame, total_reward, terminated, truncated, info
 
 
@@ -205,26 +172,20 @@ class EpisodicLifeEnv(gym.Wrapper):
     """End the episode (for learning) when a life is lost, but reset the game only when it is really
     over: the reset after a lost life is a no-op step. The statistics wrapper below sees real games."""
 
-    def __init__(self, env):
-        super().__init__(env)
-        self.lives, self.was_real_done = 0, True
+    lives, was_real_done = 0, True
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.was_real_done = terminated or truncated
-        lives = self.unwrapped.ale.lives()
-        if 0 < lives < self.lives:
-            terminated = True
-        self.lives = lives
-        return obs, reward, terminated, truncated, info
+        lost_life = 0 < self.unwrapped.ale.lives() < self.lives
+        self.lives = self.unwrapped.ale.lives()
+        return obs, reward, terminated or lost_life, truncated, info
 
     def reset(self, **kwargs):
-        if self.was_real_done:
-            obs, info = self.env.reset(**kwargs)
-        else:
+        if not self.was_real_done:  # a lost life: go on with a no-op step, not a new game
             obs, _, terminated, truncated, info = self.env.step(0)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
+        if self.was_real_done or terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
         self.lives = self.unwrapped.ale.lives()
         return obs, info
 
@@ -241,39 +202,30 @@ class FireResetEnv(gym.Wrapper):
         return obs, info
 
 
-class ClipRewardEnv(gym.RewardWrapper):
-    """Learn from the sign of the reward (-1, 0, +1); the logged return stays the raw score."""
-
-    def reward(self, reward):
-        return np.sign(reward)
-
-
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
-        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
             env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
             env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = NoopResetEnv(env, noop_max=30)
-        env = MaxAndSkipEnv(env, skip=4)
+        env = NoopResetEnv(env)
+        env = MaxAndSkipEnv(env)
         env = EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireResetEnv(env)
-        env = ClipRewardEnv(env)
+        env = gym.wrappers.TransformReward(env, np.sign)  # learn from the reward's sign; the logged return stays the raw score
         env = gym.wrappers.ResizeObservation(env, (84, 84))
         env = gym.wrappers.GrayscaleObservation(env)
-        env = gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
-        return env
+        return gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
 
     return thunk
 
 
 def finished_episodes(infos):
-    """(return, length) of every env whose *game* ended this step. A lost life also ends an episode for
-    the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
+    """(return, length) of every env whose *game* ended this step (SAME_STEP autoreset: in final_info). A lost life also
+    ends an episode for the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
     if "final_info" not in infos or "episode" not in infos["final_info"]:
         return []
     final = infos["final_info"]
@@ -296,16 +248,10 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Conv2d(nn.Module):
-    """torch's nn.Conv2d(in, out, k, stride) on NHWC input, with the weight stored in torch's layout
-    (out, in, k, k): parameter names and shapes equal the torch twin's, so a saved file loads in either
-    framework untouched (the on-disk layout is torch's).
-
-    MLX's CPU backend computes a strided convolution's input gradient on a slow path. When k % stride
-    == 0, the strided conv equals a stride-1 conv with a (k/s)x(k/s) kernel on the space-to-depth(s)
-    input: input pixel (i*s+p, j*s+q, c) becomes channel (p, q, c) of block (i, j), and weight tap
-    (a*s+p, b*s+q) becomes tap (a, b) of that channel. Both rearrangements are reshapes/transposes that
-    run inside the compiled functions, so the forward and every gradient take the fast stride-1 path.
-    """
+    """torch's nn.Conv2d(in, out, k, stride) on NHWC input, its weight in torch's (out, in, k, k) layout so a saved file
+    loads in either twin. MLX's CPU backend takes a slow path for a strided conv's input gradient (~70x slower): with
+    k % stride == 0 the conv equals a stride-1 conv with a (k/s)x(k/s) kernel on the space-to-depth(s) input: input pixel
+    (i*s+p, j*s+q, c) becomes channel (p, q, c) of block (i, j), weight tap (a*s+p, b*s+q) becomes tap (a, b)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1):
         super().__init__()
@@ -316,39 +262,23 @@ class Conv2d(nn.Module):
         self.stride = stride
 
     def __call__(self, x):
-        s = self.stride
-        out_c, in_c, k, _ = self.weight.shape
-        n, h, w, _ = x.shape
+        (out_c, in_c, k, _), (n, h, w, _), s = self.weight.shape, x.shape, self.stride
         m, oh, ow = k // s, (h - k) // s + 1, (w - k) // s + 1
-        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :]  # the rows/cols torch's strided conv reads
-        x = (
-            x.reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
-            .transpose(0, 1, 3, 2, 4, 5)
-            .reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
-        )
+        x = x[:, : (oh - 1) * s + k, : (ow - 1) * s + k, :].reshape(n, oh - 1 + m, s, ow - 1 + m, s, in_c)
+        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, oh - 1 + m, ow - 1 + m, s * s * in_c)
         weight = self.weight.reshape(out_c, in_c, m, s, m, s).transpose(0, 2, 4, 3, 5, 1).reshape(out_c, m, m, s * s * in_c)
         return mx.conv2d(x, weight) + self.bias
 
 
-class Flatten(nn.Module):
-    """Flatten NHWC feature maps in torch's (C, H, W) order, so the next Linear's weight is the twin's."""
-
+class Flatten(nn.Module):  # NHWC feature maps flattened in torch's (C, H, W) order, so the next Linear's weight is the twin's
     def __call__(self, x):
         return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
-def forward(layers, x):
-    for layer in layers:
-        x = layer(x)
-    return x
-
-
 class Agent(nn.Module):
-    # A plain list (not nn.Sequential) so parameter names are `network.0.weight`, ..., exactly the torch
-    # twin's: a saved file loads in either framework.
     def __init__(self, n_actions):
         super().__init__()
-        self.network = [
+        self.network = [  # a list, not nn.Sequential: parameter names are `network.0.weight`, ..., the torch twin's
             layer_init(Conv2d(4, 32, 8, stride=4)),
             nn.ReLU(),
             layer_init(Conv2d(32, 64, 4, stride=2)),
@@ -362,9 +292,11 @@ class Agent(nn.Module):
         self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
 
-    def hidden(self, x):
-        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
-        return forward(self.network, (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1))
+    def hidden(self, x):  # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
+        x = (x.astype(mx.float32) / 255.0).transpose(0, 2, 3, 1)
+        for layer in self.network:
+            x = layer(x)
+        return x
 
     def get_value(self, x):
         return self.critic(self.hidden(x)).squeeze(-1)
@@ -381,23 +313,16 @@ def categorical_logprob_entropy(logits, action):
     """log pi(action) and entropy of a categorical distribution given by unnormalised logits."""
     logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
     logprob = mx.take_along_axis(logp, action[:, None], axis=-1).squeeze(-1)
-    entropy = -(mx.exp(logp) * logp).sum(-1)
-    return logprob, entropy
+    return logprob, -(mx.exp(logp) * logp).sum(-1)
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """CleanRL's GAE over a [num_steps, num_envs] rollout (numpy). dones[t] marks that obs[t] starts a
     new episode, so step t-1 does not bootstrap through it."""
-    advantages = np.zeros_like(rewards)
-    lastgaelam = 0.0
-    num_steps = rewards.shape[0]
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
+    advantages, lastgaelam, last = np.zeros_like(rewards), 0.0, len(rewards) - 1
+    for t in reversed(range(len(rewards))):
+        nextnonterminal = 1.0 - (next_done if t == last else dones[t + 1])
+        nextvalues = next_value if t == last else values[t + 1]
         delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     return advantages, advantages + values
@@ -425,13 +350,12 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     pg_loss = mx.maximum(pg_loss1, pg_loss2).mean()
 
     # Value loss
+    v_loss_unclipped = (newvalue - returns) ** 2
     if clip_vloss:
-        v_loss_unclipped = (newvalue - returns) ** 2
         v_clipped = values + mx.clip(newvalue - values, -clip_coef, clip_coef)
-        v_loss_clipped = (v_clipped - returns) ** 2
-        v_loss = 0.5 * mx.maximum(v_loss_unclipped, v_loss_clipped).mean()
+        v_loss = 0.5 * mx.maximum(v_loss_unclipped, (v_clipped - returns) ** 2).mean()
     else:
-        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
+        v_loss = 0.5 * v_loss_unclipped.mean()
 
     entropy_loss = entropy.mean()
     loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
@@ -445,33 +369,17 @@ def make_optimizer(agent, args):
     return optimizer
 
 
-def train_step(
-    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values,
-    clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss, max_grad_norm,
-):  # fmt: skip
-    """One gradient step on the minibatch `mb_inds` of the batch: PPO loss, gradient clipping to a global
-    norm of max_grad_norm, Adam. Returns the loss terms (pg_loss, v_loss, entropy, old_approx_kl,
-    approx_kl, clipfrac)."""
-    (loss, stats), grads = nn.value_and_grad(agent, partial(ppo_loss, agent))(
-        b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds],
-        clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss,
-    )  # fmt: skip
+def train_step(agent, optimizer, mb_inds, batch, clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss, max_grad_norm):
+    """One gradient step on the minibatch `mb_inds` of `batch` (obs, actions, logprobs, advantages, returns, values): PPO
+    loss, gradients clipped to a global norm of max_grad_norm, Adam. Returns the loss terms (ppo_loss's stats)."""
+    loss_and_grad = nn.value_and_grad(agent, partial(ppo_loss, agent))
+    (loss, stats), grads = loss_and_grad(*(b[mb_inds] for b in batch), clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss)
     grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
     optimizer.update(agent, grads)
     return stats
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=mx.cpu,
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
     mx.set_default_device(device)
     envs = gym.vector.SyncVectorEnv(
@@ -499,72 +407,52 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    # The CPU allocator keeps only 32 MB of freed buffers: the CNN's ~100 MB im2col temporaries would be page-faulted in
+    # afresh on every gradient step. Keeping them makes the CPU update ~1.9x faster.
+    mx.set_cache_limit(mx.get_memory_limit())
+    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+
+    config = vars(args) | {"framework": "mlx", "algo": "ppo_atari", "blas": BLAS}
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config, name=run_name,
+            group=f"ppo_atari__{args.env_id}", monitor_gym=True, save_code=True,
+        )  # fmt: skip
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
     # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
-    # TRY NOT TO MODIFY: device, seeding, logging
-    if args.device == "gpu" and not mx.is_available(mx.gpu):
-        print("ppo_atari_mlx: MLX has no GPU backend here, running on cpu")
-        args.device = "cpu"
-    device = mx.gpu if args.device == "gpu" else mx.cpu
-    mx.set_default_device(device)
-    # MLX's CPU allocator keeps only 32 MB of freed buffers for reuse (the GPU backends keep up to the memory
-    # limit). The CNN's im2col temporaries are ~100 MB at batch 256, so each would be a fresh allocation,
-    # page-faulted in on every gradient step: raising the limit makes the CPU update ~1.9x faster.
-    mx.set_cache_limit(mx.get_memory_limit())
-    print(f"ppo_atari_mlx: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    mx.random.seed(args.seed)
-
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args) | {"framework": "mlx", "algo": "ppo_atari", "blas": BLAS},
-            name=run_name,
-            group=f"ppo_atari__{args.env_id}",
-            monitor_gym=True,
-            save_code=True,
-        )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
-    )
-
     agent = Agent(int(envs.single_action_space.n))
     optimizer = make_optimizer(agent, args)
-    train = partial(
-        train_step, agent, optimizer, clip_coef=args.clip_coef, ent_coef=args.ent_coef, vf_coef=args.vf_coef,
-        norm_adv=args.norm_adv, clip_vloss=args.clip_vloss, max_grad_norm=args.max_grad_norm,
-    )  # fmt: skip
-
-    # ALGO LOGIC: compiled hot paths. Both capture the live module state (no copies, no state dicts);
-    # the learning rate lives in optimizer.state, so annealing it never recompiles.
-    train = mx.compile(train, inputs=[agent.state, optimizer.state], outputs=[agent.state, optimizer.state])
+    hyper = {k: getattr(args, k) for k in ("clip_coef", "ent_coef", "vf_coef", "norm_adv", "clip_vloss", "max_grad_norm")}
+    # the learning rate lives in optimizer.state, so annealing it never recompiles
+    state = [agent.state, optimizer.state]
+    train = mx.compile(partial(train_step, agent, optimizer, **hyper), inputs=state, outputs=state)
 
     @partial(mx.compile, inputs=[agent.state, mx.random.state], outputs=[mx.random.state])
     def act(x):
         logits, value = agent.get_logits_and_value(x)
         action = mx.random.categorical(logits)
-        logprob, _ = categorical_logprob_entropy(logits, action)
-        return action, logprob, value
+        return action, categorical_logprob_entropy(logits, action)[0], value
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host; frames stay uint8)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
     actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int32)
-    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -572,11 +460,10 @@ if __name__ == "__main__":
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_return = float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
 
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in (progress := tqdm(range(1, args.num_iterations + 1), disable=not sys.stderr.isatty())):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -591,22 +478,18 @@ if __name__ == "__main__":
             t0 = time.perf_counter()
             action, logprob, value = act(mx.array(next_obs))
             mx.eval(action, logprob, value)
-            actions[step] = action
-            logprobs[step] = logprob
-            values[step] = value
+            actions[step], logprobs[step], values[step] = action, logprob, value
             t1 = time.perf_counter()
 
             # TRY NOT TO MODIFY: execute the game and log data.
-            next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
+            next_obs, rewards[step], terminations, truncations, infos = envs.step(actions[step])
             next_done = np.logical_or(terminations, truncations).astype(np.float32)
-            rewards[step] = reward
             for last_return, length in finished_episodes(infos):
                 tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
                 writer.add_scalar("charts/episodic_return", last_return, global_step)
                 writer.add_scalar("charts/episodic_length", length, global_step)
-            t2 = time.perf_counter()
-            inference_time += t1 - t0
-            env_time += t2 - t1
+            timing["inference"] += t1 - t0
+            timing["env"] += time.perf_counter() - t1
 
         # bootstrap value if not done
         t0 = time.perf_counter()
@@ -614,12 +497,7 @@ if __name__ == "__main__":
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
         # flatten the batch
-        b_obs = mx.array(obs.reshape((-1,) + envs.single_observation_space.shape))
-        b_actions = mx.array(actions.reshape(-1))
-        b_logprobs = mx.array(logprobs.reshape(-1))
-        b_advantages = mx.array(advantages.reshape(-1))
-        b_returns = mx.array(returns.reshape(-1))
-        b_values = mx.array(values.reshape(-1))
+        batch = [mx.array(x.reshape((-1,) + x.shape[2:])) for x in (obs, actions, logprobs, advantages, returns, values)]
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -627,13 +505,12 @@ if __name__ == "__main__":
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
-                mb_inds = mx.array(b_inds[start : start + args.minibatch_size])
-                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
+                stats = train(mx.array(b_inds[start : start + args.minibatch_size]), batch)
                 mx.eval(stats, agent.state, optimizer.state)  # one sync per gradient step
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
-        update_time += time.perf_counter() - t0
+        timing["update"] += time.perf_counter() - t0
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes (read back once per iteration)
         pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = (s.item() for s in stats)
@@ -652,16 +529,13 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", mx.stack(clipfracs).mean().item(), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-        writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-        writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-        env_time = inference_time = update_time = 0.0
-        progress.update(args.batch_size)
+        for phase, seconds in timing.items():
+            writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+        timing = dict.fromkeys(timing, 0.0)
         progress.set_postfix(SPS=sps, ret=last_return)
         if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
             print("SPS:", sps)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         agent.save_weights(model_path)
@@ -673,9 +547,9 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Agent,
-            device=device,
-            capture_video=args.capture_video,
-            seed=args.seed,
+            device,
+            args.capture_video,
+            args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

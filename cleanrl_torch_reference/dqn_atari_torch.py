@@ -1,11 +1,6 @@
-"""DQN on Atari (Nature CNN, 84x84x4 grayscale frames) in PyTorch: the reference twin of cleanrl_mlx/dqn_atari_mlx.py.
+"""DQN on Atari (Nature CNN, 84x84x4 frames) in eager PyTorch as CleanRL's dqn_atari.py: same defaults, preprocessing, loss, tags.
 
-CleanRL's dqn_atari.py (https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy): same defaults, same
-preprocessing, same TD loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
-skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too). The
-replay memory stores each frame once, so the default 1M transitions fit in ~7 GB.
-
-Usage: python cleanrl_torch_reference/dqn_atari_torch.py --env-id BreakoutNoFrameskip-v4
+Reference twin of cleanrl_mlx/dqn_atari_mlx.py. Docs: docs/dqn_atari.md. Run: python cleanrl_torch_reference/dqn_atari_torch.py
 """
 
 import os
@@ -87,22 +82,12 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    limits = {  # field: (valid?, what it must be)
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "num_envs": (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)"),
-        "buffer_size": (args.buffer_size > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "tau": (0 < args.tau <= 1, "in (0, 1]"),
-        "target_network_frequency": (args.target_network_frequency > 0, "positive"),
-        "batch_size": (args.batch_size > 0, "positive"),
-        "start_e": (0 <= args.start_e <= 1, "in [0, 1]"),
-        "end_e": (0 <= args.end_e <= 1, "in [0, 1]"),
-        "exploration_fraction": (0 < args.exploration_fraction <= 1, "in (0, 1]"),
-        "learning_starts": (args.learning_starts >= 0, "non-negative"),
-        "train_frequency": (args.train_frequency > 0, "positive"),
-        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
-    }
+    positive = "total_timesteps learning_rate buffer_size target_network_frequency batch_size train_frequency".split()
+    limits = {name: (getattr(args, name) > 0, "positive") for name in positive}  # field: (valid?, what it must be)
+    limits |= {name: (getattr(args, name) >= 0, "non-negative") for name in ("learning_starts", "eval_episodes")}
+    limits |= {name: (0 <= getattr(args, name) <= 1, "in [0, 1]") for name in ("gamma", "start_e", "end_e")}
+    limits |= {name: (0 < getattr(args, name) <= 1, "in (0, 1]") for name in ("tau", "exploration_fraction")}
+    limits["num_envs"] = (args.num_envs == 1, "1 (vectorized envs are not supported, as in CleanRL)")
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
@@ -113,9 +98,7 @@ def check_args(args: Args, script: str) -> None:
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(
-            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
-        )
+        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; try {script.replace('_atari', '')}")
     try:
         env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
     except gym.error.DependencyNotInstalled as e:
@@ -125,14 +108,12 @@ def check_args(args: Args, script: str) -> None:
     env.close()
 
 
-# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
-# out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
+# Atari preprocessing as CleanRL's (SB3's wrappers, written out): the episode statistics wrap the raw game, so a logged
+# return is a real game score over all lives. Every ALE id is made with frameskip=1: MaxAndSkipEnv's skip is the only one.
 class NoopResetEnv(gym.Wrapper):
     """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
 
-    def __init__(self, env, noop_max=30):
-        super().__init__(env)
-        self.noop_max = noop_max
+    noop_max = 30
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -144,23 +125,20 @@ class NoopResetEnv(gym.Wrapper):
 
 
 class MaxAndSkipEnv(gym.Wrapper):
-    """Repeat each action `skip` frames, sum the rewards, and return the pixel-wise max of the last two
-    frames (Atari sprites flicker between frames)."""
+    """Repeat each action `skip` frames, sum the rewards, return the max of the last two frames (sprites flicker) or, if the
+    game ended early, its last frame."""
 
-    def __init__(self, env, skip=4):
-        super().__init__(env)
-        self.skip = skip
+    skip = 4
 
     def step(self, action):
-        total_reward, last_frames = 0.0, []
-        for i in range(self.skip):
+        total_reward, frames = 0.0, []
+        for _ in range(self.skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total_reward += reward
-            if i >= self.skip - 2:
-                last_frames.append(obs)
+            frames.append(obs)
             if terminated or truncated:
                 break
-        frame = np.maximum(last_frames[0], last_frames[-1]) if last_frames else obs
+        frame = np.maximum(frames[-2], frames[-1]) if len(frames) == self.skip else obs
         return frame, total_reward, terminated, truncated, info
 
 
@@ -168,26 +146,20 @@ class EpisodicLifeEnv(gym.Wrapper):
     """End the episode (for learning) when a life is lost, but reset the game only when it is really
     over: the reset after a lost life is a no-op step. The statistics wrapper below sees real games."""
 
-    def __init__(self, env):
-        super().__init__(env)
-        self.lives, self.was_real_done = 0, True
+    lives, was_real_done = 0, True
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.was_real_done = terminated or truncated
-        lives = self.unwrapped.ale.lives()
-        if 0 < lives < self.lives:
-            terminated = True
-        self.lives = lives
-        return obs, reward, terminated, truncated, info
+        lost_life = 0 < self.unwrapped.ale.lives() < self.lives
+        self.lives = self.unwrapped.ale.lives()
+        return obs, reward, terminated or lost_life, truncated, info
 
     def reset(self, **kwargs):
-        if self.was_real_done:
-            obs, info = self.env.reset(**kwargs)
-        else:
+        if not self.was_real_done:  # a lost life: go on with a no-op step, not a new game
             obs, _, terminated, truncated, info = self.env.step(0)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
+        if self.was_real_done or terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
         self.lives = self.unwrapped.ale.lives()
         return obs, info
 
@@ -204,39 +176,30 @@ class FireResetEnv(gym.Wrapper):
         return obs, info
 
 
-class ClipRewardEnv(gym.RewardWrapper):
-    """Learn from the sign of the reward (-1, 0, +1); the logged return stays the raw score."""
-
-    def reward(self, reward):
-        return np.sign(reward)
-
-
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
-        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
             env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
             env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = NoopResetEnv(env, noop_max=30)
-        env = MaxAndSkipEnv(env, skip=4)
+        env = NoopResetEnv(env)
+        env = MaxAndSkipEnv(env)
         env = EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireResetEnv(env)
-        env = ClipRewardEnv(env)
+        env = gym.wrappers.TransformReward(env, np.sign)  # learn from the reward's sign; the logged return stays the raw score
         env = gym.wrappers.ResizeObservation(env, (84, 84))
         env = gym.wrappers.GrayscaleObservation(env)
-        env = gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
-        return env
+        return gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
 
     return thunk
 
 
 def finished_episodes(infos):
-    """(return, length) of every env whose *game* ended this step. A lost life also ends an episode for
-    the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
+    """(return, length) of every env whose *game* ended this step (SAME_STEP autoreset: in final_info). A lost life also
+    ends an episode for the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
     if "final_info" not in infos or "episode" not in infos["final_info"]:
         return []
     final = infos["final_info"]
@@ -260,22 +223,20 @@ class QNetwork(nn.Module):
             nn.Linear(512, n_actions),
         )
 
-    def forward(self, x):
-        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
+    def forward(self, x):  # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
         return self.network(x.float() / 255.0)
 
 
 class FrameReplayBuffer:
-    """Replay buffer for one env of frame stacks that stores every 84x84 uint8 frame once and rebuilds
-    the stacks when sampling: ~7 GB for 1M transitions, where a buffer of (obs, next_obs) stacks needs
-    56 GB. Sampling returns exactly what such a buffer would (same ring slots, same numpy index draws).
+    """Replay buffer for one env of frame stacks that stores every 84x84 uint8 frame once and rebuilds the stacks when
+    sampling: ~7 GB for 1M transitions, where a buffer of (obs, next_obs) stacks needs 56 GB. Sampling returns exactly
+    what such a buffer would (same ring slots, same numpy index draws).
 
-    An episode is frames x_0 (reset), x_1, ..., x_T (true final observation, also on truncation); the
-    observation at step t is the stack [x_{t-3}, ..., x_t] with indices below 0 reading x_0, as
-    FrameStackObservation pads. Transition number g (t-th of its episode) stores its next frame x_{t+1}
-    in `frames[g % (buffer_size + 4)]`; the 4 extra frames keep the history of the oldest transition
-    alive. x_0 of each episode is kept in `first_frames`, keyed by the number of its first transition,
-    until no stored transition reads it any more. `dones` holds terminations only."""
+    An episode is frames x_0 (reset), x_1, ..., x_T (true final observation, also on truncation); the observation at step
+    t is the stack [x_{t-3}, ..., x_t] with indices below 0 reading x_0, as FrameStackObservation pads. Transition number
+    g (t-th of its episode) stores its next frame x_{t+1} in `frames[g % (buffer_size + 4)]`; the 4 extra frames keep
+    the history of the oldest transition alive. x_0 of each episode is kept in `first_frames`, keyed by the number of its
+    first transition, until no stored transition reads it any more. `dones` holds terminations only."""
 
     def __init__(self, buffer_size, frame_shape=(84, 84), stack=4):
         self.buffer_size, self.stack, self.n_frames = buffer_size, stack, buffer_size + stack
@@ -293,10 +254,9 @@ class FrameReplayBuffer:
     def add(self, obs, next_obs, actions, rewards, terminations, truncations):
         """Store one transition of the single env (leading axis = envs, of size 1)."""
         g, slot = self.count, self.count % self.buffer_size
+        self.t = 0 if self.new_episode else self.t + 1
         if self.new_episode:
-            self.first_frames[g], self.t = obs[0, -1].copy(), 0
-        else:
-            self.t += 1
+            self.first_frames[g] = obs[0, -1].copy()
         self.frames[g % self.n_frames] = next_obs[0, -1]
         self.steps[slot], self.actions[slot] = self.t, actions[0]
         self.rewards[slot], self.dones[slot] = rewards[0], terminations[0]
@@ -317,12 +277,11 @@ class FrameReplayBuffer:
 
 
 def real_next_obs(next_obs, infos):
-    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first
-    observation; the true last one is in infos["final_obs"]. Returns next_obs with those put back."""
+    """With SAME_STEP autoreset a finished env's `next_obs` is already its next episode's first observation; the true
+    last one is in infos["final_obs"]. Returns next_obs with those put back."""
     real = next_obs.copy()
-    if "_final_obs" in infos:
-        for i in np.flatnonzero(infos["_final_obs"]):
-            real[i] = infos["final_obs"][i]
+    for i in np.flatnonzero(infos.get("_final_obs", [])):
+        real[i] = infos["final_obs"][i]
     return real
 
 
@@ -367,18 +326,7 @@ def polyak_update(online, target, tau):
         target_param.data.copy_(tau * param.data + (1 - tau) * target_param.data)
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=torch.device("cpu"),
-    epsilon=0.05,
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1, epsilon=0.05):
     """Roll out a saved Q-network epsilon-greedily (as CleanRL's dqn_eval does) for `eval_episodes` games."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -408,38 +356,29 @@ if __name__ == "__main__":
     check_args(args, os.path.basename(__file__))
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"dqn_atari_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
+    config = vars(args) | {"framework": "torch", "algo": "dqn_atari"}
     if args.track:
         import wandb
 
         wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "dqn_atari"},
-            name=run_name,
-            group=f"dqn_atari__{args.env_id}",
-            monitor_gym=True,
-            save_code=True,
-        )
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config, name=run_name,
+            group=f"dqn_atari__{args.env_id}", monitor_gym=True, save_code=True,
+        )  # fmt: skip
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
+    # env setup
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
     n_actions = int(envs.single_action_space.n)
@@ -456,10 +395,9 @@ if __name__ == "__main__":
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     envs.single_action_space.seed(args.seed)  # what random exploration samples from
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
-    for global_step in range(args.total_timesteps):
+    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
         # ALGO LOGIC: put action logic here (.cpu().numpy() is the one host sync of a greedy step)
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)
@@ -467,8 +405,7 @@ if __name__ == "__main__":
             actions = np.array([envs.single_action_space.sample() for _ in range(envs.num_envs)])
         else:
             with torch.no_grad():
-                q_values = q_network(torch.as_tensor(obs, device=device))
-            actions = torch.argmax(q_values, dim=1).cpu().numpy()
+                actions = torch.argmax(q_network(torch.as_tensor(obs, device=device)), dim=1).cpu().numpy()
         t1 = time.perf_counter()
 
         # TRY NOT TO MODIFY: execute the game and log data.
@@ -483,9 +420,8 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
         obs = next_obs
-        t2 = time.perf_counter()
-        inference_time += t1 - t0
-        env_time += t2 - t1
+        timing["inference"] += t1 - t0
+        timing["env"] += time.perf_counter() - t1
 
         # ALGO LOGIC: training.
         if global_step > args.learning_starts:
@@ -495,7 +431,7 @@ if __name__ == "__main__":
                 loss, q_values = train(*(torch.as_tensor(x, device=device) for x in data))
                 if device.type == "cuda":
                     torch.cuda.synchronize()  # the update is only done when the device is
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
                 if global_step % 100 == 0:
                     steps_since_log, last_log_step = global_step - last_log_step, global_step
@@ -503,11 +439,9 @@ if __name__ == "__main__":
                     writer.add_scalar("losses/td_loss", loss.item(), global_step)
                     writer.add_scalar("losses/q_values", q_values.item(), global_step)
                     writer.add_scalar("charts/SPS", sps, global_step)
-                    writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-                    writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-                    env_time = inference_time = update_time = 0.0
-                    progress.update(global_step - progress.n)
+                    for phase, seconds in timing.items():
+                        writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+                    timing = dict.fromkeys(timing, 0.0)
                     progress.set_postfix(SPS=sps, ret=last_return)
                     if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
                         print("SPS:", sps)
@@ -516,9 +450,8 @@ if __name__ == "__main__":
             if global_step % args.target_network_frequency == 0:
                 t0 = time.perf_counter()
                 polyak_update(q_network, target_network, args.tau)
-                update_time += time.perf_counter() - t0
+                timing["update"] += time.perf_counter() - t0
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in q_network.state_dict().items()}, model_path)
@@ -530,10 +463,10 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             QNetwork,
-            device=device,
+            device,
+            args.capture_video,
+            args.seed,
             epsilon=args.end_e,
-            capture_video=args.capture_video,
-            seed=args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -1,10 +1,6 @@
-"""PPO on Atari (Nature CNN, 84x84x4 grayscale frames) in PyTorch: the reference twin of cleanrl_mlx/ppo_atari_mlx.py.
+"""PPO on Atari (Nature CNN, 84x84x4 frames) in eager PyTorch as CleanRL's ppo_atari.py: same defaults, preprocessing, loss, tags.
 
-CleanRL's ppo_atari.py (https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy): same defaults, same
-preprocessing, same loss, same logged tags. Every ALE env is made with frameskip=1, so MaxAndSkipEnv's
-skip of 4 is the only one (ALE/...-v5 and ...-v4 ids would otherwise skip frames of their own too).
-
-Usage: python cleanrl_torch_reference/ppo_atari_torch.py --env-id BreakoutNoFrameskip-v4
+Reference twin of cleanrl_mlx/ppo_atari_mlx.py. Docs: docs/ppo_atari.md. Run: python cleanrl_torch_reference/ppo_atari_torch.py
 """
 
 import os
@@ -100,41 +96,23 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    limits = {  # field: (valid?, what it must be)
-        "total_timesteps": (args.total_timesteps > 0, "positive"),
-        "learning_rate": (args.learning_rate > 0, "positive"),
-        "num_envs": (args.num_envs > 0, "positive"),
-        "num_steps": (args.num_steps > 0, "positive"),
-        "gamma": (0 <= args.gamma <= 1, "in [0, 1]"),
-        "gae_lambda": (0 <= args.gae_lambda <= 1, "in [0, 1]"),
-        "num_minibatches": (args.num_minibatches > 0, "positive"),
-        "update_epochs": (args.update_epochs > 0, "positive"),
-        "clip_coef": (args.clip_coef > 0, "positive"),
-        "ent_coef": (args.ent_coef >= 0, "non-negative"),
-        "vf_coef": (args.vf_coef >= 0, "non-negative"),
-        "max_grad_norm": (args.max_grad_norm > 0, "positive"),
-        "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
-        "eval_episodes": (args.eval_episodes >= 0, "non-negative"),
-    }
+    positive = "total_timesteps learning_rate num_envs num_steps num_minibatches update_epochs clip_coef max_grad_norm".split()
+    limits = {name: (getattr(args, name) > 0, "positive") for name in positive}  # field: (valid?, what it must be)
+    limits |= {name: (getattr(args, name) >= 0, "non-negative") for name in ("ent_coef", "vf_coef", "eval_episodes")}
+    limits |= {name: (0 <= getattr(args, name) <= 1, "in [0, 1]") for name in ("gamma", "gae_lambda")}
+    limits["target_kl"] = (args.target_kl is None or args.target_kl > 0, "None or positive")
     for name, (valid, must) in limits.items():
         if not valid:
             raise SystemExit(f"{script}: --{name.replace('_', '-')} must be {must}, got {getattr(args, name)}")
-    if (args.num_envs * args.num_steps) % args.num_minibatches != 0:
-        raise SystemExit(
-            f"{script}: num_envs*num_steps = {args.num_envs * args.num_steps} is not divisible by "
-            f"num_minibatches = {args.num_minibatches}"
-        )
-    if args.total_timesteps < args.num_envs * args.num_steps:
-        raise SystemExit(
-            f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout "
-            f"(num_envs*num_steps = {args.num_envs * args.num_steps})"
-        )
+    rollout = args.num_envs * args.num_steps
+    if rollout % args.num_minibatches != 0:
+        raise SystemExit(f"{script}: num_envs*num_steps = {rollout} is not divisible by num_minibatches = {args.num_minibatches}")
+    if args.total_timesteps < rollout:
+        raise SystemExit(f"{script}: --total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
     if args.env_id not in gym.registry:
         raise SystemExit(f"{script}: unknown env id {args.env_id!r} (not in gymnasium's registry)")
     if "ale_py" not in str(gym.spec(args.env_id).entry_point):
-        raise SystemExit(
-            f"{script}: {args.env_id!r} is not an Atari (ALE) env; use {script.replace('_atari', '')} for vector observations"
-        )
+        raise SystemExit(f"{script}: {args.env_id!r} is not an Atari (ALE) env; try {script.replace('_atari', '')}")
     try:
         env = gym.make(args.env_id, frameskip=1)  # as make_env makes it
     except gym.error.DependencyNotInstalled as e:
@@ -144,14 +122,12 @@ def check_args(args: Args, script: str) -> None:
     env.close()
 
 
-# Atari preprocessing as CleanRL's Atari scripts apply it (the wrappers they take from SB3, written
-# out here): the episode statistics wrap the raw game, so returns are real game scores over all lives.
+# Atari preprocessing as CleanRL's (SB3's wrappers, written out): the episode statistics wrap the raw game, so a logged
+# return is a real game score over all lives. Every ALE id is made with frameskip=1: MaxAndSkipEnv's skip is the only one.
 class NoopResetEnv(gym.Wrapper):
     """On reset, play a random number (1..noop_max) of no-ops so episodes start in different states."""
 
-    def __init__(self, env, noop_max=30):
-        super().__init__(env)
-        self.noop_max = noop_max
+    noop_max = 30
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -163,23 +139,20 @@ class NoopResetEnv(gym.Wrapper):
 
 
 class MaxAndSkipEnv(gym.Wrapper):
-    """Repeat each action `skip` frames, sum the rewards, and return the pixel-wise max of the last two
-    frames (Atari sprites flicker between frames)."""
+    """Repeat each action `skip` frames, sum the rewards, return the max of the last two frames (sprites flicker) or, if the
+    game ended early, its last frame."""
 
-    def __init__(self, env, skip=4):
-        super().__init__(env)
-        self.skip = skip
+    skip = 4
 
     def step(self, action):
-        total_reward, last_frames = 0.0, []
-        for i in range(self.skip):
+        total_reward, frames = 0.0, []
+        for _ in range(self.skip):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total_reward += reward
-            if i >= self.skip - 2:
-                last_frames.append(obs)
+            frames.append(obs)
             if terminated or truncated:
                 break
-        frame = np.maximum(last_frames[0], last_frames[-1]) if last_frames else obs
+        frame = np.maximum(frames[-2], frames[-1]) if len(frames) == self.skip else obs
         return frame, total_reward, terminated, truncated, info
 
 
@@ -187,26 +160,20 @@ class EpisodicLifeEnv(gym.Wrapper):
     """End the episode (for learning) when a life is lost, but reset the game only when it is really
     over: the reset after a lost life is a no-op step. The statistics wrapper below sees real games."""
 
-    def __init__(self, env):
-        super().__init__(env)
-        self.lives, self.was_real_done = 0, True
+    lives, was_real_done = 0, True
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.was_real_done = terminated or truncated
-        lives = self.unwrapped.ale.lives()
-        if 0 < lives < self.lives:
-            terminated = True
-        self.lives = lives
-        return obs, reward, terminated, truncated, info
+        lost_life = 0 < self.unwrapped.ale.lives() < self.lives
+        self.lives = self.unwrapped.ale.lives()
+        return obs, reward, terminated or lost_life, truncated, info
 
     def reset(self, **kwargs):
-        if self.was_real_done:
-            obs, info = self.env.reset(**kwargs)
-        else:
+        if not self.was_real_done:  # a lost life: go on with a no-op step, not a new game
             obs, _, terminated, truncated, info = self.env.step(0)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
+        if self.was_real_done or terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
         self.lives = self.unwrapped.ale.lives()
         return obs, info
 
@@ -223,39 +190,30 @@ class FireResetEnv(gym.Wrapper):
         return obs, info
 
 
-class ClipRewardEnv(gym.RewardWrapper):
-    """Learn from the sign of the reward (-1, 0, +1); the logged return stays the raw score."""
-
-    def reward(self, reward):
-        return np.sign(reward)
-
-
 def make_env(env_id, idx, capture_video, run_name):
     def thunk():
-        # frameskip=1 for every ALE id: MaxAndSkipEnv below is the only frame skip (ALE/...-v5 would skip 4x4)
         if capture_video and idx == 0:
             env = gym.make(env_id, render_mode="rgb_array", frameskip=1)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
             env = gym.make(env_id, frameskip=1)
         env = gym.wrappers.RecordEpisodeStatistics(env)
-        env = NoopResetEnv(env, noop_max=30)
-        env = MaxAndSkipEnv(env, skip=4)
+        env = NoopResetEnv(env)
+        env = MaxAndSkipEnv(env)
         env = EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireResetEnv(env)
-        env = ClipRewardEnv(env)
+        env = gym.wrappers.TransformReward(env, np.sign)  # learn from the reward's sign; the logged return stays the raw score
         env = gym.wrappers.ResizeObservation(env, (84, 84))
         env = gym.wrappers.GrayscaleObservation(env)
-        env = gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
-        return env
+        return gym.wrappers.FrameStackObservation(env, 4)  # uint8 (4, 84, 84); starts repeat the first frame
 
     return thunk
 
 
 def finished_episodes(infos):
-    """(return, length) of every env whose *game* ended this step. A lost life also ends an episode for
-    the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
+    """(return, length) of every env whose *game* ended this step (SAME_STEP autoreset: in final_info). A lost life also
+    ends an episode for the vector env, but only a real game end carries RecordEpisodeStatistics' "episode" entry."""
     if "final_info" not in infos or "episode" not in infos["final_info"]:
         return []
     final = infos["final_info"]
@@ -285,8 +243,7 @@ class Agent(nn.Module):
         self.actor = layer_init(nn.Linear(512, n_actions), std=0.01)
         self.critic = layer_init(nn.Linear(512, 1), std=1)
 
-    def hidden(self, x):
-        # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
+    def hidden(self, x):  # x: uint8 frames (N, 4, 84, 84) as stored; scaled here, as CleanRL's x / 255.0
         return self.network(x.float() / 255.0)
 
     def get_value(self, x):
@@ -309,16 +266,10 @@ def categorical_logprob_entropy(logits, action):
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """CleanRL's GAE over a [num_steps, num_envs] rollout (numpy). dones[t] marks that obs[t] starts a
     new episode, so step t-1 does not bootstrap through it."""
-    advantages = np.zeros_like(rewards)
-    lastgaelam = 0.0
-    num_steps = rewards.shape[0]
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
+    advantages, lastgaelam, last = np.zeros_like(rewards), 0.0, len(rewards) - 1
+    for t in reversed(range(len(rewards))):
+        nextnonterminal = 1.0 - (next_done if t == last else dones[t + 1])
+        nextvalues = next_value if t == last else values[t + 1]
         delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     return advantages, advantages + values
@@ -347,13 +298,12 @@ def ppo_loss(agent, obs, actions, logprobs, advantages, returns, values, clip_co
     pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
     # Value loss
+    v_loss_unclipped = (newvalue - returns) ** 2
     if clip_vloss:
-        v_loss_unclipped = (newvalue - returns) ** 2
         v_clipped = values + torch.clamp(newvalue - values, -clip_coef, clip_coef)
-        v_loss_clipped = (v_clipped - returns) ** 2
-        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+        v_loss = 0.5 * torch.max(v_loss_unclipped, (v_clipped - returns) ** 2).mean()
     else:
-        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
+        v_loss = 0.5 * v_loss_unclipped.mean()
 
     entropy_loss = entropy.mean()
     loss = pg_loss - ent_coef * entropy_loss + v_loss * vf_coef
@@ -365,18 +315,10 @@ def make_optimizer(agent, args):
     return optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
 
-def train_step(
-    agent, optimizer, mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values,
-    clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss, max_grad_norm,
-):  # fmt: skip
-    """One gradient step on the minibatch `mb_inds` of the batch: PPO loss, gradient clipping to a global
-    norm of max_grad_norm, Adam. Returns the loss terms (pg_loss, v_loss, entropy, old_approx_kl,
-    approx_kl, clipfrac)."""
-    loss, stats = ppo_loss(
-        agent,
-        b_obs[mb_inds], b_actions[mb_inds], b_logprobs[mb_inds], b_advantages[mb_inds], b_returns[mb_inds], b_values[mb_inds],
-        clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss,
-    )  # fmt: skip
+def train_step(agent, optimizer, mb_inds, batch, clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss, max_grad_norm):
+    """One gradient step on the minibatch `mb_inds` of `batch` (obs, actions, logprobs, advantages, returns, values): PPO
+    loss, gradients clipped to a global norm of max_grad_norm, Adam. Returns the loss terms (ppo_loss's stats)."""
+    loss, stats = ppo_loss(agent, *(b[mb_inds] for b in batch), clip_coef, ent_coef, vf_coef, norm_adv, clip_vloss)
     optimizer.zero_grad()
     loss.backward()
     nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
@@ -384,17 +326,7 @@ def train_step(
     return stats
 
 
-def evaluate(
-    model_path,
-    make_env,
-    env_id,
-    eval_episodes,
-    run_name,
-    Model,
-    device=torch.device("cpu"),
-    capture_video=True,
-    seed=1,
-):
+def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, device, capture_video=True, seed=1):
     """Roll out a saved policy (sampling actions, as CleanRL's ppo_eval does) for `eval_episodes` episodes."""
     envs = gym.vector.SyncVectorEnv(
         [make_env(env_id, 0, capture_video, run_name)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
@@ -423,54 +355,40 @@ if __name__ == "__main__":
     args.num_iterations = args.total_timesteps // args.batch_size
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+
+    config = vars(args) | {"framework": "torch", "algo": "ppo_atari"}
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config, name=run_name,
+            group=f"ppo_atari__{args.env_id}", monitor_gym=True, save_code=True,
+        )  # fmt: skip
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
+
     # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
-    # TRY NOT TO MODIFY: device, seeding, logging
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"ppo_atari_torch: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name,
-            entity=args.wandb_entity,
-            sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "ppo_atari"},
-            name=run_name,
-            group=f"ppo_atari__{args.env_id}",
-            monitor_gym=True,
-            save_code=True,
-        )
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
-    )
-
     agent = Agent(int(envs.single_action_space.n)).to(device)
     optimizer = make_optimizer(agent, args)
-    train = partial(
-        train_step, agent, optimizer, clip_coef=args.clip_coef, ent_coef=args.ent_coef, vf_coef=args.vf_coef,
-        norm_adv=args.norm_adv, clip_vloss=args.clip_vloss, max_grad_norm=args.max_grad_norm,
-    )  # fmt: skip
+    hyper = {k: getattr(args, k) for k in ("clip_coef", "ent_coef", "vf_coef", "norm_adv", "clip_vloss", "max_grad_norm")}
+    train = partial(train_step, agent, optimizer, **hyper)
 
     # ALGO Logic: Storage setup (numpy: rollouts are written one step at a time on the host; frames stay uint8)
     obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.uint8)
     actions = np.zeros((args.num_steps, args.num_envs), dtype=np.int64)
-    logprobs = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
-    values = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -478,11 +396,10 @@ if __name__ == "__main__":
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
-    env_time = inference_time = update_time = 0.0  # seconds since the last log
+    timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_return = float("nan")
-    progress = tqdm(total=args.total_timesteps, disable=not sys.stderr.isatty(), unit="step")
 
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in (progress := tqdm(range(1, args.num_iterations + 1), disable=not sys.stderr.isatty())):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -498,23 +415,19 @@ if __name__ == "__main__":
             with torch.no_grad():
                 logits, value = agent.get_logits_and_value(torch.as_tensor(next_obs, device=device))
                 action = Categorical(logits=logits).sample()
-                logprob, _ = categorical_logprob_entropy(logits, action)
-            actions[step] = action.cpu().numpy()
-            logprobs[step] = logprob.cpu().numpy()
-            values[step] = value.cpu().numpy()
+                logprob = categorical_logprob_entropy(logits, action)[0]
+            actions[step], logprobs[step], values[step] = action.cpu().numpy(), logprob.cpu().numpy(), value.cpu().numpy()
             t1 = time.perf_counter()
 
             # TRY NOT TO MODIFY: execute the game and log data.
-            next_obs, reward, terminations, truncations, infos = envs.step(actions[step])
+            next_obs, rewards[step], terminations, truncations, infos = envs.step(actions[step])
             next_done = np.logical_or(terminations, truncations).astype(np.float32)
-            rewards[step] = reward
             for last_return, length in finished_episodes(infos):
                 tqdm.write(f"global_step={global_step}, episodic_return={last_return}")
                 writer.add_scalar("charts/episodic_return", last_return, global_step)
                 writer.add_scalar("charts/episodic_length", length, global_step)
-            t2 = time.perf_counter()
-            inference_time += t1 - t0
-            env_time += t2 - t1
+            timing["inference"] += t1 - t0
+            timing["env"] += time.perf_counter() - t1
 
         # bootstrap value if not done
         t0 = time.perf_counter()
@@ -523,12 +436,10 @@ if __name__ == "__main__":
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
         # flatten the batch
-        b_obs = torch.tensor(obs.reshape((-1,) + envs.single_observation_space.shape), device=device)
-        b_actions = torch.tensor(actions.reshape(-1), device=device)
-        b_logprobs = torch.tensor(logprobs.reshape(-1), device=device)
-        b_advantages = torch.tensor(advantages.reshape(-1), device=device)
-        b_returns = torch.tensor(returns.reshape(-1), device=device)
-        b_values = torch.tensor(values.reshape(-1), device=device)
+        batch = [
+            torch.tensor(x.reshape((-1,) + x.shape[2:]), device=device)
+            for x in (obs, actions, logprobs, advantages, returns, values)
+        ]
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -536,14 +447,13 @@ if __name__ == "__main__":
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
-                mb_inds = torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device)
-                stats = train(mb_inds, b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values)
+                stats = train(torch.as_tensor(b_inds[start : start + args.minibatch_size], device=device), batch)
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
         if device.type == "cuda":
             torch.cuda.synchronize()  # the update is only done when the device is
-        update_time += time.perf_counter() - t0
+        timing["update"] += time.perf_counter() - t0
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes (read back once per iteration)
         pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, _ = (s.item() for s in stats)
@@ -562,16 +472,13 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("timing/env_us", 1e6 * env_time / steps_since_log, global_step)
-        writer.add_scalar("timing/inference_us", 1e6 * inference_time / steps_since_log, global_step)
-        writer.add_scalar("timing/update_us", 1e6 * update_time / steps_since_log, global_step)
-        env_time = inference_time = update_time = 0.0
-        progress.update(args.batch_size)
+        for phase, seconds in timing.items():
+            writer.add_scalar(f"timing/{phase}_us", 1e6 * seconds / steps_since_log, global_step)
+        timing = dict.fromkeys(timing, 0.0)
         progress.set_postfix(SPS=sps, ret=last_return)
         if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
             print("SPS:", sps)
 
-    progress.close()
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in agent.state_dict().items()}, model_path)
@@ -583,9 +490,9 @@ if __name__ == "__main__":
             args.eval_episodes,
             f"{run_name}-eval",
             Agent,
-            device=device,
-            capture_video=args.capture_video,
-            seed=args.seed,
+            device,
+            args.capture_video,
+            args.seed,
         )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)

@@ -153,14 +153,14 @@ def test_one_full_update(twins):
     m_opt, t_opt = P_MLX.make_optimizer(m_agent, m_args), P_TORCH.make_optimizer(t_agent, t_args)
 
     before = torch_params(t_agent)
-    t_stats = P_TORCH.train_step(t_agent, t_opt, torch.tensor(mb_inds), *(torch.tensor(b[k]) for k in KEYS), **hyper)
+    t_stats = P_TORCH.train_step(t_agent, t_opt, torch.tensor(mb_inds), [torch.tensor(b[k]) for k in KEYS], **hyper)
     grads = {name: p.grad.numpy().copy() for name, p in t_agent.named_parameters()}
     train = mx.compile(
         partial(P_MLX.train_step, m_agent, m_opt, **hyper),
         inputs=[m_agent.state, m_opt.state],
         outputs=[m_agent.state, m_opt.state],
     )
-    m_stats = train(mx.array(mb_inds), *(mx.array(b[k]) for k in KEYS))
+    m_stats = train(mx.array(mb_inds), [mx.array(b[k]) for k in KEYS])
     mx.eval(m_stats, m_agent.state, m_opt.state)
 
     assert_same_weights(m_agent, t_agent, atol=1e-5, what="after one update")
