@@ -156,6 +156,17 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
+@mx.custom_function
+def tanh(x):
+    return mx.tanh(x)
+
+
+@tanh.vjp
+def tanh_vjp(primals, cotangent, output):
+    # 1 - tanh^2 from the saved output: the same gradient, 10-20% less CPU time per update (benchmark/micro/tanh_vjp.py)
+    return cotangent * (1 - output * output)
+
+
 def forward(layers, x):
     for layer in layers:
         x = layer(x)
@@ -170,16 +181,16 @@ class Agent(nn.Module):
         # lists, not nn.Sequential: parameter names (`critic.0.weight`, ...) are torch's, so saved files load in either
         self.critic = [
             layer_init(nn.Linear(obs_dim, 64)),
-            nn.Tanh(),
+            tanh,
             layer_init(nn.Linear(64, 64)),
-            nn.Tanh(),
+            tanh,
             layer_init(nn.Linear(64, 1), std=1.0),
         ]
         self.actor = [
             layer_init(nn.Linear(obs_dim, 64)),
-            nn.Tanh(),
+            tanh,
             layer_init(nn.Linear(64, 64)),
-            nn.Tanh(),
+            tanh,
             layer_init(nn.Linear(64, action_dim), std=0.01),
         ]
         if continuous:  # state-independent log std, SB3's log_std_init = 0

@@ -309,3 +309,13 @@ def test_micro_mlx_cpu_reports_every_cost():
     assert any("mx.exp" == n for n in names) and any("scatter-add" in n for n in names)
     assert any("torch eager" in n for n in names) and len(names) == 11
     assert all(value > 0 for _, value, _ in rows)
+
+
+def test_micro_tanh_vjp_times_both_variants_and_finds_the_same_gradient(tmp_path):
+    from benchmark.micro import tanh_vjp
+
+    lines = tanh_vjp.main(["--repeats", "5", "--warmup", "1", "--out", str(tmp_path)])
+    rows = [line.split(" | ") for line in lines if line.startswith("| ppo") or line.startswith("| a2c")]
+    assert [r[0].strip("| ") for r in rows] == ["ppo", "ppo_continuous_action", "a2c"]
+    assert all(float(r[-1].strip(" |")) < 1e-5 for r in rows), rows  # one step: only float rounding differs
+    assert (tmp_path / "results.md").read_text().startswith("# Micro-benchmark: custom-vjp tanh")
