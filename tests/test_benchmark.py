@@ -5,6 +5,8 @@ report's arithmetic checkable exactly; one real PPO sweep checks it end to end."
 import csv
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 from benchmark import docs, report
 from benchmark import run as bench_run
+from benchmark.pairs import REPO
 from benchmark.report import read_scalars
 
 # A fake twin: logs 150 episodes with returns seed*1000 + 0..149 and fixed SPS/timing values that
@@ -319,3 +322,17 @@ def test_micro_tanh_vjp_times_both_variants_and_finds_the_same_gradient(tmp_path
     assert [r[0].strip("| ") for r in rows] == ["ppo", "ppo_continuous_action", "a2c"]
     assert all(float(r[-1].strip(" |")) < 1e-5 for r in rows), rows  # one step: only float rounding differs
     assert (tmp_path / "results.md").read_text().startswith("# Micro-benchmark: custom-vjp tanh")
+
+
+def test_micro_conv_s2d_runs_on_the_scripts_own_network():
+    """It builds both CNNs from ppo_atari's Agent and checks they agree before timing them."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark.micro.conv_s2d", "--batch", "2", "--repeats", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "space-to-depth: forward" in proc.stdout and "plain strided conv: forward" in proc.stdout
