@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmark.pairs import REPO, RESULTS_DIR, discover
 from benchmark.registry import bench_for
+from benchmark.report import published_cell
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DOCS_DIR = REPO / "docs"
@@ -40,12 +41,11 @@ def number(value, spec: str) -> str:
 
 
 def published(row) -> str:
+    """The report's published-return cell for a results.csv row (whose values are strings)."""
     if not row["published_return"]:
         return "–"
-    text = f"{number(row['published_return'], '.2f')} ± {number(row['published_std'], '.2f')}"
-    if row["published_steps"] != row["total_timesteps"]:
-        text += f" (at {number(row['published_steps'], ',.0f')} steps)"
-    return text
+    numbers = {k: float(row[k]) for k in ("published_return", "published_std")}
+    return published_cell(numbers | {k: int(float(row[k])) for k in ("published_steps", "total_timesteps")})
 
 
 def machine_cell(row) -> str:

@@ -180,6 +180,15 @@ def assert_same_weights(m_module, t_module, atol=1e-5, what=""):
         np.testing.assert_allclose(m[name], t[name], atol=atol, rtol=1e-5, err_msg=f"{what} {name}")
 
 
+def assert_same_grads(m_grads, t_module, atol=1e-5):
+    """MLX gradients (a tree, as nn.value_and_grad returns them) equal the torch module's .grad, name by name."""
+    from mlx.utils import tree_flatten
+
+    m_flat = dict(tree_flatten(m_grads))
+    for name, p in t_module.named_parameters():
+        assert_close(m_flat[name], p.grad, atol=atol, what=f"grad {name}")
+
+
 def assert_first_adam_step(before: dict, after: dict, grads: dict, lr: float, eps: float, atol=1e-7):
     """The formula, not the twin: torch's Adam (bias-corrected) moves each weight on its first step by
     exactly -lr * g / (|g| + eps), g being the (clipped) gradient it was given. A wrong learning rate,

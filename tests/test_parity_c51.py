@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten
 from tests.helpers import (
     assert_close,
     assert_first_adam_step,
+    assert_same_grads,
     assert_same_weights,
     check_polyak_update,
     cross_load,
@@ -129,9 +130,7 @@ def test_loss_and_gradients(twins):
     (m_loss, m_old), m_grads = nn.value_and_grad(m_q, loss_fn)(mx.array(obs), mx.array(actions), m_proj)
     assert_close(m_old, t_old, atol=1e-6, what="old pmfs")
     assert_close(m_loss, t_loss, what="loss")
-    m_grads = dict(tree_flatten(m_grads))
-    for name, p in t_q.named_parameters():
-        assert_close(m_grads[name], p.grad, what=f"grad {name}")
+    assert_same_grads(m_grads, t_q)
 
 
 def test_full_update_matches_twin_and_formulas(twins):

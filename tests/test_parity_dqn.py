@@ -18,6 +18,7 @@ from tests.helpers import (
     assert_close,
     assert_first_adam_step,
     assert_polyak,
+    assert_same_grads,
     assert_same_weights,
     cross_load,
     load_script,
@@ -77,9 +78,7 @@ def test_td_target_loss_and_gradients(twins):
     (m_loss, m_old), m_grads = nn.value_and_grad(m_q, lambda *a: D_MLX.dqn_loss(m_q, *a))(m_obs, m_act, m_tgt)
     assert_close(m_old, t_old, what="Q(s, a)")
     assert_close(m_loss, t_loss, what="loss")
-    m_grads = dict(tree_flatten(m_grads))
-    for name, p in t_q.named_parameters():
-        assert_close(m_grads[name], p.grad, what=f"grad {name}")
+    assert_same_grads(m_grads, t_q)
 
 
 def test_full_update_matches_twin_and_formulas(twins):

@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten
 from tests.helpers import (
     assert_close,
     assert_first_adam_step,
+    assert_same_grads,
     assert_same_weights,
     check_polyak_update,
     cross_load,
@@ -114,9 +115,7 @@ def test_loss_and_gradients(twins):
     assert_close(m_cur, t_cur, what="current quantiles")
     assert_close(m_loss, t_loss, what="loss")
     np.testing.assert_allclose(float(m_loss), reference_quantile_huber_loss(t_cur.detach().numpy(), t_tgt.numpy()), rtol=1e-5)
-    m_grads = dict(tree_flatten(m_grads))
-    for name, p in t_q.named_parameters():
-        assert_close(m_grads[name], p.grad, what=f"grad {name}")
+    assert_same_grads(m_grads, t_q)
 
 
 def test_full_update_matches_twin_and_formulas(twins):
