@@ -4,17 +4,25 @@ Twin: cleanrl_torch_reference/ppo_continuous_action_torch.py. Docs: docs/ppo_con
 """
 
 import ctypes
+import hashlib
+import json
 import math
 import os
+import pickle
 import random
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Optional
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
+import safetensors.numpy
 import tyro
 from tqdm import tqdm
 
@@ -29,6 +37,7 @@ if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_BLAS") != "b
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import mlx.optimizers as optim  # noqa: E402
+from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 
 sys.modules.setdefault("torch", None)  # tensorboardX imports torch if installed (~1.5 s, ~180 MB): hide it
 from tensorboardX import SummaryWriter  # noqa: E402
@@ -57,6 +66,12 @@ class Args:
     """whether to save model into the `runs/{run_name}` folder, then evaluate it"""
     eval_episodes: int = 10
     """the number of episodes to evaluate the saved model on"""
+    checkpoint_every: int = 0
+    """write a checkpoint to runs/{run_name}/checkpoints every N environment steps (0: off); Ctrl-C/SIGTERM write one too"""
+    keep_checkpoints: int = 2
+    """how many of the newest checkpoints to keep"""
+    resume: Optional[str] = None
+    """continue the run saved in this run folder (its newest checkpoint) or checkpoint folder"""
 
     # Algorithm specific arguments
     env_id: str = "HalfCheetah-v5"
@@ -112,6 +127,8 @@ def check_args(args: Args, script: str) -> None:
         **{k: (getattr(args, k) >= 0, "non-negative") for k in ("ent_coef", "vf_coef")},
         "target_kl": (args.target_kl is None or args.target_kl > 0, "None or positive"),
         "eval_episodes": (args.eval_episodes > 0, "positive"),
+        "checkpoint_every": (args.checkpoint_every >= 0, "non-negative"),
+        "keep_checkpoints": (args.keep_checkpoints > 0, "positive"),
         "device": (args.device in ("gpu", "cpu"), '"gpu" or "cpu"'),
     }
     for name, (valid, must) in limits.items():
@@ -179,6 +196,26 @@ def pooled_obs_rms(envs):
     mean = sum(rms.count * rms.mean for rms in stats) / count
     var = sum(rms.count * (rms.var + (rms.mean - mean) ** 2) for rms in stats) / count
     return {"mean": mean, "var": var, "count": np.array(count)}
+
+
+def normalizer_arrays(envs):
+    """Per env, the observation and reward statistics and NormalizeReward's discounted return, for a checkpoint: what a
+    resumed run needs of envs that do not pickle (MuJoCo's), since the statistics are part of the policy."""
+    arrays = {}
+    for i, env in enumerate(envs.envs):
+        for rms in ("obs_rms", "return_rms"):
+            arrays |= {f"envs.{i}.{rms}.{k}": np.asarray(getattr(env.get_wrapper_attr(rms), k)) for k in ("mean", "var", "count")}
+        arrays[f"envs.{i}.discounted_reward"] = np.asarray(env.get_wrapper_attr("discounted_reward"))
+    return arrays
+
+
+def restore_normalizers(arrays, envs):
+    """Put normalizer_arrays' statistics back into each env's wrappers."""
+    for i, env in enumerate(envs.envs):
+        for rms in ("obs_rms", "return_rms"):
+            for k in ("mean", "var", "count"):
+                setattr(env.get_wrapper_attr(rms), k, arrays[f"envs.{i}.{rms}.{k}"])
+        env.get_wrapper_attr("discounted_reward")[...] = arrays[f"envs.{i}.discounted_reward"]
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -328,13 +365,120 @@ def evaluate(model_path, make_env, env_id, eval_episodes, run_name, Model, devic
     return episodic_returns
 
 
+def save_checkpoint(run_dir, arrays, state, keep):
+    """Write `arrays` (name -> numpy array) and `state` (JSON) to run_dir/checkpoints/step_<global_step>, atomically
+    (a temporary folder renamed into place), with python's and numpy's RNG states and a sha256 of every file; keeps
+    the newest `keep` checkpoints. Arrays over 256 MB go to .npy files, which np.save writes without a copy."""
+    root, step = Path(run_dir) / "checkpoints", f"step_{state['global_step']:012d}"
+    tmp, final = root / f".tmp_{step}", root / step
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    arrays = arrays | {"rng.numpy": keys}
+    big = {k for k, v in arrays.items() if v.nbytes > 2**28}
+    safetensors.numpy.save_file(  # a 0-d array as it is: np.ascontiguousarray would make it shape (1,)
+        {k: np.ascontiguousarray(v) if v.ndim else v for k, v in arrays.items() if k not in big}, tmp / "arrays.safetensors"
+    )
+    for k in big:
+        np.save(tmp / f"{k}.npy", arrays[k])
+    state = state | {"rng": {"python": random.getstate(), "numpy": [int(pos), int(has_gauss), float(gauss)]}}
+    state["sha256"] = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # atomic: a crash before this line leaves the previous checkpoints as they were
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_checkpoint(path, script, args):
+    """(arrays, state) of the checkpoint at `path` (a checkpoint folder, or a run folder: its newest checkpoint), with
+    python's and numpy's RNG restored; one line and exit for a missing path, no checkpoint, another algorithm, env id
+    or num_envs, a checksum mismatch, or a budget already reached."""
+
+    def fail(why):
+        raise SystemExit(f"{script}: --resume {path}: {why}")
+
+    path, name = Path(path), script.rsplit("_", 1)[0]
+    if not path.exists():
+        fail("no such file or directory")
+    folders = [path] if (path / "state.json").is_file() else sorted(p.parent for p in path.glob("checkpoints/step_*/state.json"))
+    if not folders:
+        fail("no checkpoint found")
+    state = json.loads((folders[-1] / "state.json").read_text())
+    for key, what in (
+        ("script", "a checkpoint of {}, not {}"),
+        ("env_id", "made on {}, not {}"),
+        ("num_envs", "made with --num-envs {}, not {}"),
+    ):
+        if state[key] != (name if key == "script" else getattr(args, key)):
+            fail(what.format(state[key], name if key == "script" else getattr(args, key)))
+    for file, digest in state["sha256"].items():
+        if not (folders[-1] / file).is_file() or sha256(folders[-1] / file) != digest:
+            fail(f"{file} is corrupted (checksum mismatch)")
+    if state["global_step"] >= args.total_timesteps:
+        fail(f"the run is at step {state['global_step']}, --total-timesteps {args.total_timesteps} is already reached")
+    arrays = safetensors.numpy.load_file(folders[-1] / "arrays.safetensors") | {
+        p.stem: np.load(p) for p in folders[-1].glob("*.npy")
+    }
+    return arrays, state
+
+
+def restore_rng(arrays, state):
+    """Python's and numpy's global RNG as they were when the checkpoint was written."""
+    random.setstate((state["rng"]["python"][0], tuple(state["rng"]["python"][1]), state["rng"]["python"][2]))
+    np.random.set_state(("MT19937", arrays["rng.numpy"], *state["rng"]["numpy"]))
+
+
+def checkpoint_arrays(models, optimizers):
+    """The parameters of `models` (modules, or dicts of named arrays such as sac's log_alpha), the Adam state of
+    `optimizers` (keyed "<optimizer>.<model>") and the MLX RNG as numpy arrays, under the names both twins use (torch's
+    Adam names: exp_avg, exp_avg_sq, step, lr)."""
+    adam = {"m": "exp_avg", "v": "exp_avg_sq", "step": "step", "learning_rate": "lr"}
+    prefix = {k: f"{k}." if isinstance(model, nn.Module) else "" for k, model in models.items()}  # a dict names its arrays
+    arrays = {prefix[k] + n: v for k, m in models.items() for n, v in tree_flatten(m.parameters() if prefix[k] else m)}
+    for k, optimizer in optimizers.items():
+        name, model = k.split(".")
+        for n, v in tree_flatten(optimizer.state):
+            path, _, leaf = n.rpartition(".")  # MLX's names: "<parameter>.m", "<parameter>.v", "step", "learning_rate"
+            arrays[f"{name}.{prefix[model]}{path}.{adam[leaf]}" if path else f"{name}.{adam[leaf]}"] = v
+    arrays = {k: np.array(v.astype(mx.int64) if k.endswith(".step") else v) for k, v in arrays.items()}
+    return arrays | {"rng.mlx": np.array(mx.random.state[0])}
+
+
+def restore_arrays(arrays, models, optimizers, where, seed):
+    """Put the checkpoint's `arrays` back into `models`, `optimizers` and the MLX RNG in place (the compiled graphs hold
+    them), the RNG restarting from `seed` for a torch checkpoint; one line and exit for the first array whose shape differs."""
+    for k, v in checkpoint_arrays(models, optimizers).items():
+        if not k.startswith("rng.") and (k not in arrays or arrays[k].shape != v.shape):
+            raise SystemExit(f"{where}: {k} has shape {getattr(arrays.get(k), 'shape', None)} in the checkpoint, {v.shape} here")
+    names = iter(checkpoint_arrays(models, optimizers))  # the checkpoint's names, in mlx.utils.tree_flatten's order
+    for tree in [*models.values(), *(optimizer.state for optimizer in optimizers.values())]:
+        leaves = tree_flatten(tree.parameters() if isinstance(tree, nn.Module) else tree)
+        tree.update(tree_unflatten([(n, mx.array(arrays[next(names)]).astype(v.dtype)) for n, v in leaves]))
+    if "rng.mlx" in arrays:  # mx.random.state takes no item assignment; seed(s) sets the key to (s >> 32, s & 0xFFFFFFFF)
+        hi, lo = arrays["rng.mlx"].tolist()
+        mx.random.seed(hi << 32 | lo)
+    else:
+        mx.random.seed(seed)
+        print(f"{where}: a torch checkpoint; the mlx RNG restarts from seed {seed}")
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    check_args(args, os.path.basename(__file__))
+    script = os.path.basename(__file__)
+    check_args(args, script)
+    arrays, resumed = load_checkpoint(args.resume, script, args) if args.resume else ({}, {})
+    start_step = resumed.get("global_step", 0)
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = resumed.get("run_name", f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -343,7 +487,7 @@ if __name__ == "__main__":
     args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
     device = mx.gpu if args.device == "gpu" else mx.cpu
     mx.set_default_device(device)
-    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
 
     config = vars(args) | {"framework": "mlx", "blas": BLAS}
     if args.track:
@@ -358,8 +502,11 @@ if __name__ == "__main__":
             group=f"ppo_continuous_action__{args.env_id}",
             monitor_gym=True,
             save_code=True,
+            id=resumed.get("wandb_id"),
+            resume="allow",
         )
-    writer = SummaryWriter(f"runs/{run_name}")
+    # steps after the checkpoint, logged before the run stopped, are dropped: the resumed run logs them again
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step + 1 if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
 
     # env setup
@@ -367,6 +514,8 @@ if __name__ == "__main__":
         [make_env(args.env_id, i, args.capture_video, run_name, args.gamma) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
+    # EzPickle envs (MuJoCo, Box2D) pickle their arguments, not their state: those restart from a seed on resume
+    envs_pickle = not args.capture_video and not any(isinstance(env.unwrapped, gym.utils.EzPickle) for env in envs.envs)
 
     agent = Agent(int(np.prod(envs.single_observation_space.shape)), int(np.prod(envs.single_action_space.shape)))
     optimizer = make_optimizer(agent, args)
@@ -388,15 +537,40 @@ if __name__ == "__main__":
     logprobs, rewards, dones, values = (np.zeros((args.num_steps, args.num_envs), dtype=np.float32) for _ in range(4))
 
     # TRY NOT TO MODIFY: start the game
-    global_step = 0
+    counters = resumed.get("counters", dict(iteration=0))
+    global_step, first_iteration = start_step, counters["iteration"] + 1
     start_time = time.time()
     next_obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     next_done = np.zeros(args.num_envs, dtype=np.float32)
     timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_return = float("nan")
+    models, named_optimizers = {"agent": agent}, {"optimizer.agent": optimizer}
+    if args.resume:  # continue the saved run as it was at its checkpoint
+        restore_arrays(arrays, models, named_optimizers, f"{script}: --resume {args.resume}", args.seed + start_step)
+        restore_rng(arrays, resumed)
+        if "envs.pkl" in arrays:
+            envs.close()
+            envs, next_obs, next_done = pickle.loads(arrays["envs.pkl"].tobytes()), arrays["next_obs"], arrays["next_done"]
+        else:  # the statistics first, so that the reset's observation is normalised with them
+            restore_normalizers(arrays, envs)
+            next_obs, _ = envs.reset(seed=args.seed + start_step)
+            print(f"{script}: the envs do not pickle; resumed envs restart from seed {args.seed + start_step}")
+    stop = []  # the first Ctrl-C/SIGTERM: checkpoint and exit; a second Ctrl-C interrupts at once
 
-    for iteration in (progress := tqdm(range(1, args.num_iterations + 1), disable=not sys.stderr.isatty())):
+    def on_signal(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    progress = tqdm(
+        range(first_iteration, args.num_iterations + 1),
+        initial=first_iteration - 1,
+        total=args.num_iterations,
+        disable=not sys.stderr.isatty(),
+    )
+    for iteration in progress:
         if args.anneal_lr:  # Annealing the rate if instructed to do so.
             optimizer.learning_rate = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
@@ -448,7 +622,7 @@ if __name__ == "__main__":
         losses["clipfrac"] = mx.stack(clipfracs).mean().item()
         var_y = np.var(returns)
         losses["explained_variance"] = np.nan if var_y == 0 else 1 - np.var(returns - values) / var_y
-        sps = int(global_step / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.learning_rate.item(), global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         for name, loss in losses.items():
@@ -460,7 +634,23 @@ if __name__ == "__main__":
         if progress.disable:
             print("SPS:", sps)
 
-    if args.save_model:
+        # checkpoint every checkpoint_every steps, once this iteration's update is done, and on Ctrl-C/SIGTERM (then stop)
+        if stop or args.checkpoint_every and global_step % args.checkpoint_every < args.batch_size:  # a multiple was crossed
+            checkpoint = checkpoint_arrays(models, named_optimizers) | normalizer_arrays(envs)
+            checkpoint |= {"next_obs": next_obs, "next_done": next_done}
+            if envs_pickle:  # cloudpickle: the envs hold make_env's closures and the wrappers' lambdas
+                checkpoint["envs.pkl"] = np.frombuffer(cloudpickle.dumps(envs), np.uint8)
+            counters = dict(iteration=iteration)
+            meta = {"script": "ppo_continuous_action", "framework": "mlx", "run_name": run_name, "env_id": args.env_id}
+            meta |= {"num_envs": args.num_envs, "global_step": global_step, "counters": counters}
+            meta |= {"wandb_id": wandb.run.id if args.track else None, "args": vars(args)}
+            writer.flush()  # the logs up to the checkpoint survive a kill
+            save_checkpoint(f"runs/{run_name}", checkpoint, meta, args.keep_checkpoints)
+            if stop:
+                print(f"{script}: stopped at step {global_step}; resume with --resume runs/{run_name}")
+                break
+
+    if args.save_model and not stop:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         agent.save_weights(model_path)
         np.savez(model_path.replace(".safetensors", ".obs_rms.npz"), **pooled_obs_rms(envs))

@@ -3,16 +3,24 @@
 Docs: docs/ddpg.md. Run: python cleanrl_torch_reference/ddpg_torch.py --env-id Hopper-v5
 """
 
+import hashlib
+import json
 import os
+import pickle
 import random
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Optional
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
+import safetensors.numpy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,6 +53,12 @@ class Args:
     """whether to save model into the `runs/{run_name}` folder, then evaluate it"""
     eval_episodes: int = 10
     """the number of episodes to evaluate the saved model on"""
+    checkpoint_every: int = 0
+    """write a checkpoint to runs/{run_name}/checkpoints every N environment steps (0: off); Ctrl-C/SIGTERM write one too"""
+    keep_checkpoints: int = 2
+    """how many of the newest checkpoints to keep"""
+    resume: Optional[str] = None
+    """continue the run saved in this run folder (its newest checkpoint) or checkpoint folder"""
 
     # Algorithm specific arguments
     env_id: str = "Hopper-v5"
@@ -73,9 +87,20 @@ class Args:
 
 def check_args(args: Args, script: str) -> None:
     """Reject bad input with one clear line before anything is created."""
-    positive = ("eval_episodes", "total_timesteps", "learning_rate", "num_envs", "buffer_size", "batch_size", "policy_frequency")
+    positive = (
+        "eval_episodes",
+        "total_timesteps",
+        "learning_rate",
+        "num_envs",
+        "buffer_size",
+        "batch_size",
+        "policy_frequency",
+        "keep_checkpoints",
+    )
     limits = {f: (getattr(args, f) > 0, "positive") for f in positive}
-    limits |= {f: (getattr(args, f) >= 0, "non-negative") for f in ("seed", "exploration_noise", "learning_starts")}
+    limits |= {
+        f: (getattr(args, f) >= 0, "non-negative") for f in ("seed", "exploration_noise", "learning_starts", "checkpoint_every")
+    }
     limits |= {"gamma": (0 <= args.gamma <= 1, "in [0, 1]"), "tau": (0 < args.tau <= 1, "in (0, 1]")}
     for flag, (valid, must) in limits.items():
         if not valid:
@@ -229,10 +254,124 @@ def evaluate(
     return episodic_returns
 
 
+def save_checkpoint(run_dir, arrays, state, keep):
+    """Write `arrays` (name -> numpy array) and `state` (JSON) to run_dir/checkpoints/step_<global_step>, atomically
+    (a temporary folder renamed into place), with python's and numpy's RNG states and a sha256 of every file; keeps
+    the newest `keep` checkpoints. Arrays over 256 MB go to .npy files, which np.save writes without a copy."""
+    root, step = Path(run_dir) / "checkpoints", f"step_{state['global_step']:012d}"
+    tmp, final = root / f".tmp_{step}", root / step
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    arrays = arrays | {"rng.numpy": keys}
+    big = {k for k, v in arrays.items() if v.nbytes > 2**28}
+    safetensors.numpy.save_file(  # a 0-d array as it is: np.ascontiguousarray would make it shape (1,)
+        {k: np.ascontiguousarray(v) if v.ndim else v for k, v in arrays.items() if k not in big}, tmp / "arrays.safetensors"
+    )
+    for k in big:
+        np.save(tmp / f"{k}.npy", arrays[k])
+    state = state | {"rng": {"python": random.getstate(), "numpy": [int(pos), int(has_gauss), float(gauss)]}}
+    state["sha256"] = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+    (tmp / "state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # atomic: a crash before this line leaves the previous checkpoints as they were
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load_checkpoint(path, script, args):
+    """(arrays, state) of the checkpoint at `path` (a checkpoint folder, or a run folder: its newest checkpoint), with
+    python's and numpy's RNG restored; one line and exit for a missing path, no checkpoint, another algorithm, env id
+    or num_envs, a checksum mismatch, or a budget already reached."""
+
+    def fail(why):
+        raise SystemExit(f"{script}: --resume {path}: {why}")
+
+    path, name = Path(path), script.rsplit("_", 1)[0]
+    if not path.exists():
+        fail("no such file or directory")
+    folders = [path] if (path / "state.json").is_file() else sorted(p.parent for p in path.glob("checkpoints/step_*/state.json"))
+    if not folders:
+        fail("no checkpoint found")
+    state = json.loads((folders[-1] / "state.json").read_text())
+    for key, what in (
+        ("script", "a checkpoint of {}, not {}"),
+        ("env_id", "made on {}, not {}"),
+        ("num_envs", "made with --num-envs {}, not {}"),
+    ):
+        if state[key] != (name if key == "script" else getattr(args, key)):
+            fail(what.format(state[key], name if key == "script" else getattr(args, key)))
+    for file, digest in state["sha256"].items():
+        if not (folders[-1] / file).is_file() or sha256(folders[-1] / file) != digest:
+            fail(f"{file} is corrupted (checksum mismatch)")
+    if state["global_step"] >= args.total_timesteps:
+        fail(f"the run is at step {state['global_step']}, --total-timesteps {args.total_timesteps} is already reached")
+    arrays = safetensors.numpy.load_file(folders[-1] / "arrays.safetensors") | {
+        p.stem: np.load(p) for p in folders[-1].glob("*.npy")
+    }
+    return arrays, state
+
+
+def restore_rng(arrays, state):
+    """Python's and numpy's global RNG as they were when the checkpoint was written."""
+    random.setstate((state["rng"]["python"][0], tuple(state["rng"]["python"][1]), state["rng"]["python"][2]))
+    np.random.set_state(("MT19937", arrays["rng.numpy"], *state["rng"]["numpy"]))
+
+
+def checkpoint_arrays(models, optimizers):
+    """The parameters of `models` (modules, or dicts of named tensors such as sac's log_alpha), the Adam state of
+    `optimizers` (keyed "<optimizer>.<model>") and torch's RNG as numpy arrays, under the names both twins use."""
+    prefix = {k: f"{k}." if isinstance(model, nn.Module) else "" for k, model in models.items()}  # a dict names its arrays
+    arrays = {prefix[k] + n: v for k, m in models.items() for n, v in (m.state_dict() if prefix[k] else m).items()}
+    for k, optimizer in optimizers.items():
+        name, model = k.split(".")
+        for n, p in models[model].named_parameters() if prefix[model] else models[model].items():
+            state = optimizer.state[p]  # empty before torch's first Adam step
+            arrays |= {f"{name}.{prefix[model]}{n}.{m}": state.get(m, torch.zeros_like(p)) for m in ("exp_avg", "exp_avg_sq")}
+        arrays[f"{name}.step"] = torch.tensor(int(state.get("step", 0)))
+        arrays[f"{name}.lr"] = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float32)
+    return {k: v.detach().cpu().numpy() for k, v in arrays.items()} | {"rng.torch": torch.get_rng_state().numpy()}
+
+
+def restore_arrays(arrays, models, optimizers, where, seed):
+    """Put the checkpoint's `arrays` back into `models`, `optimizers` and torch's RNG in place, the RNG restarting from
+    `seed` for an MLX checkpoint; one line and exit for the first array whose shape differs."""
+    for k, v in checkpoint_arrays(models, optimizers).items():
+        if not k.startswith("rng.") and (k not in arrays or arrays[k].shape != v.shape):
+            raise SystemExit(f"{where}: {k} has shape {getattr(arrays.get(k), 'shape', None)} in the checkpoint, {v.shape} here")
+    prefix = {k: f"{k}." if isinstance(model, nn.Module) else "" for k, model in models.items()}
+    with torch.no_grad():
+        for k, model in models.items():
+            for n, v in (model.state_dict() if prefix[k] else model).items():
+                v.copy_(torch.tensor(arrays[prefix[k] + n]))
+    for k, optimizer in optimizers.items():
+        name, model = k.split(".")
+        for n, p in models[model].named_parameters() if prefix[model] else models[model].items():
+            adam = {m: torch.tensor(arrays[f"{name}.{prefix[model]}{n}.{m}"], device=p.device) for m in ("exp_avg", "exp_avg_sq")}
+            optimizer.state[p] = {"step": torch.tensor(float(arrays[f"{name}.step"]))} | adam
+        # torch keeps lr as a Python float, the checkpoint as float32: keep torch's exact one when they are equal
+        group, lr = optimizer.param_groups[0], arrays[f"{name}.lr"]
+        group["lr"] = group["lr"] if np.float32(group["lr"]) == lr else float(lr)
+    if "rng.torch" in arrays:
+        torch.set_rng_state(torch.tensor(arrays["rng.torch"]))
+    else:
+        torch.manual_seed(seed)
+        print(f"{where}: an mlx checkpoint; the torch RNG restarts from seed {seed}")
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    check_args(args, os.path.basename(__file__))
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    script = os.path.basename(__file__)
+    check_args(args, script)
+    arrays, resumed = load_checkpoint(args.resume, script, args) if args.resume else ({}, {})
+    start_step = resumed.get("global_step", 0)
+    run_name = resumed.get("run_name", f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
     if args.track:
         import wandb
 
@@ -245,8 +384,10 @@ if __name__ == "__main__":
             group=f"ddpg__{args.env_id}",
             monitor_gym=True,
             save_code=True,
+            id=resumed.get("wandb_id"),
+            resume="allow",
         )
-    writer = SummaryWriter(f"runs/{run_name}")
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if args.resume else None)
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s"
@@ -259,13 +400,15 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    print(f"{script}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
     # env setup
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
+    # EzPickle envs (MuJoCo, Box2D) pickle their arguments, not their state: those restart from a seed on resume
+    envs_pickle = not args.capture_video and not any(isinstance(env.unwrapped, gym.utils.EzPickle) for env in envs.envs)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     act_dim = int(np.prod(envs.single_action_space.shape))
     actor = Actor(obs_dim, act_dim, envs.single_action_space.low, envs.single_action_space.high).to(device)
@@ -283,16 +426,43 @@ if __name__ == "__main__":
     rb_obs, rb_next_obs = np.zeros((2, args.buffer_size, obs_dim), dtype=np.float32)
     rb_actions = np.zeros((args.buffer_size, act_dim), dtype=np.float32)
     rb_rewards, rb_dones = np.zeros((2, args.buffer_size), dtype=np.float32)  # dones: terminations only, truncation bootstraps
-    rb_count = 0  # transitions added so far
+    counters = resumed.get("counters", dict(rb_count=0, last_log_step=0, last_return=float("nan"), actor_loss=float("nan")))
+    rb_count = counters["rb_count"]  # transitions added so far
+    rb = {"obs": rb_obs, "actions": rb_actions, "next_obs": rb_next_obs, "rewards": rb_rewards, "dones": rb_dones}
 
     # TRY NOT TO MODIFY: start the game
     start_time = time.time()
     obs, _ = envs.reset(seed=args.seed)
     envs.action_space.seed(args.seed)
     timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
-    last_log_step, last_return = 0, float("nan")
-    actor_loss = torch.tensor(float("nan"))  # logged before the first actor update (policy_frequency > 100)
-    for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
+    last_log_step, last_return = counters["last_log_step"], counters["last_return"]
+    actor_loss = torch.tensor(counters["actor_loss"])  # nan: logged before the first actor update (policy_frequency > 100)
+    models = {"actor": actor, "qf": qf, "target_actor": target_actor, "qf_target": qf_target}
+    named_optimizers = dict(zip(("q_optimizer.qf", "actor_optimizer.actor"), optimizers))
+    if args.resume:  # continue the saved run as it was at its checkpoint
+        restore_arrays(arrays, models, named_optimizers, f"{script}: --resume {args.resume}", args.seed + start_step)
+        restore_rng(arrays, resumed)
+        for k, v in rb.items():
+            v[: len(arrays[f"rb.{k}"])] = arrays[f"rb.{k}"]
+        if "envs.pkl" in arrays:
+            envs.close()
+            envs, obs = pickle.loads(arrays["envs.pkl"].tobytes()), arrays["obs"]
+        else:
+            obs, _ = envs.reset(seed=args.seed + start_step)
+            envs.action_space.seed(args.seed + start_step)
+            print(f"{script}: the envs do not pickle; resumed envs restart from seed {args.seed + start_step}")
+    stop = []  # the first Ctrl-C/SIGTERM: checkpoint and exit; a second Ctrl-C interrupts at once
+
+    def on_signal(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    progress = tqdm(
+        range(start_step, args.total_timesteps), initial=start_step, total=args.total_timesteps, disable=not sys.stderr.isatty()
+    )
+    for global_step in progress:
         # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         if global_step < args.learning_starts:
@@ -347,7 +517,7 @@ if __name__ == "__main__":
                 writer.add_scalar("losses/qf1_values", qf1_values, global_step)
                 writer.add_scalar("losses/qf1_loss", qf1_loss, global_step)
                 writer.add_scalar("losses/actor_loss", actor_loss.item(), global_step)
-                sps = int(global_step / (time.time() - start_time))
+                sps = int((global_step - start_step) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
                 steps_since_log = (global_step - last_log_step) * args.num_envs
                 for phase, seconds in timing.items():
@@ -358,7 +528,23 @@ if __name__ == "__main__":
                 if progress.disable:  # no bar (not a TTY): print SPS as CleanRL does
                     print("SPS:", sps)
 
-    if args.save_model:
+        # checkpoint every checkpoint_every steps, once this step's update is done, and on Ctrl-C/SIGTERM (then stop)
+        if stop or args.checkpoint_every and (global_step + 1) % args.checkpoint_every == 0:
+            n = min(rb_count, args.buffer_size)
+            checkpoint = checkpoint_arrays(models, named_optimizers) | {f"rb.{k}": v[:n] for k, v in rb.items()} | {"obs": obs}
+            if envs_pickle:  # cloudpickle: the envs hold make_env's closures
+                checkpoint["envs.pkl"] = np.frombuffer(cloudpickle.dumps(envs), np.uint8)
+            counters = dict(rb_count=rb_count, last_log_step=last_log_step, last_return=last_return, actor_loss=actor_loss.item())
+            meta = {"script": "ddpg", "framework": "torch", "run_name": run_name, "env_id": args.env_id}
+            meta |= {"num_envs": args.num_envs, "global_step": global_step + 1, "counters": counters}
+            meta |= {"wandb_id": wandb.run.id if args.track else None, "args": vars(args)}
+            writer.flush()  # the logs up to the checkpoint survive a kill
+            save_checkpoint(f"runs/{run_name}", checkpoint, meta, args.keep_checkpoints)
+            if stop:
+                print(f"{script}: stopped at step {global_step + 1}; resume with --resume runs/{run_name}")
+                break
+
+    if args.save_model and not stop:
         model_path = f"runs/{run_name}/{args.exp_name}.safetensors"
         save_file(nn.ModuleDict({"actor": actor, "qf": qf}).state_dict(), model_path)
         print(f"model saved to {model_path}")

@@ -42,16 +42,16 @@ MAX_DIFF_LINES = {
     "a2c": 159,
     "allo": 114,
     "c51": 141,
-    "ddpg": 150,
+    "ddpg": 201,
     "dqn": 115,
-    "dqn_atari": 148,
+    "dqn_atari": 199,
     "ppo": 161,
-    "ppo_atari": 191,
-    "ppo_continuous_action": 165,
+    "ppo_atari": 242,
+    "ppo_continuous_action": 217,
     "qrdqn": 128,
     "qrdqn_actor_learner": 129,
-    "sac": 186,
-    "td3": 174,
+    "sac": 239,
+    "td3": 225,
 }
 SHARED_IDIOMS = ("polyak_update", "linear_schedule", "finished_episodes")
 # Every script that steps gymnasium envs evaluates a saved model through one signature (algorithm-specific
@@ -60,21 +60,22 @@ EVALUATE_HEAD = ["model_path", "make_env", "env_id", "eval_episodes", "run_name"
 NO_ENV_LOOP = {"allo"}
 
 # Lines of each MLX script: a ratchet at the size reached (lower a number when a script shrinks, never raise
-# it without a reason in the commit). The torch twin may not be longer than its MLX script.
+# it without a reason in the commit). The torch twin may not be longer than its MLX script. The six resumable
+# scripts carry checkpoint/resume (issue 15): about 150-190 lines each.
 MAX_LINES = {
     "a2c": 449,
     "allo": 529,
     "c51": 422,
-    "ddpg": 395,
+    "ddpg": 574,
     "dqn": 386,
-    "dqn_atari": 525,
+    "dqn_atari": 700,
     "ppo": 450,
-    "ppo_atari": 558,
-    "ppo_continuous_action": 484,
+    "ppo_atari": 708,
+    "ppo_continuous_action": 674,
     "qrdqn": 419,
     "qrdqn_actor_learner": 674,
-    "sac": 456,
-    "td3": 436,
+    "sac": 629,
+    "td3": 614,
 }
 
 
