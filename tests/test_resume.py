@@ -21,7 +21,16 @@ import pytest
 import safetensors.numpy
 
 from benchmark.report import read_scalars
-from tests.helpers import check_ok, load_script, run_dirs, run_script, script_command, script_path
+from tests.helpers import (
+    assert_close,
+    assert_same_weights,
+    check_ok,
+    load_script,
+    run_dirs,
+    run_script,
+    script_command,
+    script_path,
+)
 
 FRAMEWORKS = ("mlx", "torch")
 # pair: (arguments of every run, N: the checkpoint interval; runs go to N, then resume to 2N)
@@ -176,6 +185,38 @@ def test_checkpoint_resumes_in_the_other_framework(name, source, target, first_h
         grows = key.startswith("rb.")  # a replay buffer is saved up to its fill, which grew
         if not key.startswith("rng.") and key != "envs.pkl":  # envs.pkl: pickled bytes, their length varies
             assert later[key].shape[grows:] == saved[key].shape[grows:], key
+
+
+@pytest.mark.parametrize("source", FRAMEWORKS)
+def test_first_update_after_a_cross_framework_resume_gives_the_same_loss(source, first_halves):
+    """One ppo_continuous_action checkpoint restored into both twins as --resume restores it (networks, Adam moments,
+    step count, learning rate): the first update on the same minibatch gives the same loss terms and weights."""
+    import mlx.core as mx
+    import torch
+
+    args, n = RESUMABLE["ppo_continuous_action"]
+    folder = checkpoint(only_run(first_halves("ppo_continuous_action", source)), n)
+    twins = {fw: load_script("ppo_continuous_action", fw) for fw in FRAMEWORKS}
+    run_args = twins["mlx"].Args(env_id="Pendulum-v1", num_envs=1, total_timesteps=4 * n)
+    arrays, _ = twins["mlx"].load_checkpoint(folder, "ppo_continuous_action_mlx.py", run_args)
+    agents = {}
+    for fw, m in twins.items():
+        agents[fw] = m.Agent(3, 1)
+        optimizer = m.make_optimizer(agents[fw], m.Args())
+        m.restore_arrays(arrays, {"agent": agents[fw]}, {"optimizer.agent": optimizer}, "test", 0)
+        agents[fw] = (agents[fw], optimizer)
+    assert_same_weights(agents["mlx"][0], agents["torch"][0], what="restored")
+    rng = np.random.default_rng(0)
+    batch = [rng.normal(size=shape).astype(np.float32) for shape in ((64, 3), (64, 1), (64,), (64,), (64,), (64,))]
+    batch[2] -= 1.0  # log-probs of actions the policy found likely enough to take
+    coefs = {k: getattr(run_args, k) for k in ("max_grad_norm", "clip_coef", "ent_coef", "vf_coef", "norm_adv", "clip_vloss")}
+    inds = np.arange(64)
+    m_stats = twins["mlx"].train_step(*agents["mlx"], mx.array(inds), *map(mx.array, batch), **coefs)
+    t_stats = twins["torch"].train_step(*agents["torch"], torch.tensor(inds), *map(torch.tensor, batch), **coefs)
+    for name, a, b in zip(("pg_loss", "v_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac"), m_stats, t_stats):
+        assert_close(a, b, atol=1e-5, what=name)
+    assert_same_weights(agents["mlx"][0], agents["torch"][0], what="after the first update")
+    assert arrays["optimizer.step"] > 0, "the checkpoint should carry a trained optimizer"
 
 
 # ---------------------------------------------------------------- bad --resume input
