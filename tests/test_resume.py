@@ -104,12 +104,29 @@ def test_resume_continues_the_same_run_without_gaps(name, framework, first_halve
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"step_{3 * n // 2:012d}", f"step_{2 * n:012d}"]
     assert read_checkpoint(checkpoint(run_dir, 2 * n))[1]["global_step"] == 2 * n
 
-    sps = [step for step, _ in read_scalars(run_dir)["charts/SPS"]]
+    # each process's own event file, read on its own: the first run's SPS steps, then the resumed run's, which
+    # purges from just after the checkpoint (a SessionLog START) and continues at the same spacing to the budget
+    (first_file, resumed_file) = sorted(run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    first, starts = sps_steps(first_file)
+    assert first == [s for s, _ in before["charts/SPS"]] if "charts/SPS" in before else not first
+    resumed, starts = sps_steps(resumed_file)
+    assert len(starts) == 1 and (first[-1] if first else 0) < starts[0] <= n + 1, f"purge step {starts}, first run {first}"
+    sps = first + resumed
     gaps = np.diff(sps)
     assert (gaps > 0).all() and len(set(gaps)) == 1, f"charts/SPS steps are not evenly spaced: {sps}"
-    first = [s for s, _ in before.get("charts/SPS", [])]
-    assert sps[: len(first)] == first, "the first half of the curve changed"
     assert sps[-1] > 2 * n - 2 * gaps[0], f"the curve stops at {sps[-1]}, the budget is {2 * n}"
+
+
+def sps_steps(event_file: Path) -> tuple[list, list]:
+    """(the charts/SPS steps, the SessionLog START steps) of one event file."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps, starts = [], []
+    for event in EventFileLoader(str(event_file)).Load():
+        if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+            starts.append(event.step)
+        steps += [event.step for v in event.summary.value if v.tag == "charts/SPS"]
+    return steps, starts
 
 
 def kill_after_checkpoint(cmd, env, cwd, step) -> Path:
