@@ -81,6 +81,14 @@ def first_halves(tmp_path_factory):
     return get
 
 
+def wait_for_a_new_second(run_dir: Path):
+    """tensorboardX names an event file after the second it opened it in, and opens it with "wb": a resume started
+    in the same second as the run it continues (only a test is that fast) would overwrite that run's log."""
+    newest = max(int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*"))
+    while time.time() < newest + 1:
+        time.sleep(0.05)
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
     return dst
@@ -95,6 +103,7 @@ def test_resume_continues_the_same_run_without_gaps(name, framework, first_halve
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [f"step_{n // 2:012d}", f"step_{n:012d}"]
     before = read_scalars(run_dir)
 
+    wait_for_a_new_second(run_dir)
     proc = run_script(
         name, framework, *args, "--total-timesteps", 2 * n, "--checkpoint-every", n // 2, "--resume", run_dir, cwd=cwd
     )
@@ -152,6 +161,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(name, framework, tm
     check_ok(run_script(name, framework, *flags, cwd=tmp_path / "a"))
     cmd, env = script_command(name, framework, *flags)
     run_b = kill_after_checkpoint(cmd, env, tmp_path / "b", n)
+    wait_for_a_new_second(run_b)
     check_ok(run_script(name, framework, *flags, "--resume", checkpoint(run_b, n), cwd=tmp_path / "b"))
     run_a = only_run(tmp_path / "a")
 
@@ -176,6 +186,7 @@ def test_replay_buffer_survives_resume(name, first_halves, tmp_path):
     args, n = RESUMABLE[name]
     cwd = copy_tree(first_halves(name, "mlx"), tmp_path / "run")
     run_dir = only_run(cwd)
+    wait_for_a_new_second(run_dir)
     check_ok(run_script(name, "mlx", *args, "--total-timesteps", 2 * n, "--checkpoint-every", n, "--resume", run_dir, cwd=cwd))
     (saved, _), (later, _) = read_checkpoint(checkpoint(run_dir, n)), read_checkpoint(checkpoint(run_dir, 2 * n))
     buffer_keys = [k for k in saved if k.startswith("rb.")]
@@ -191,6 +202,7 @@ def test_checkpoint_resumes_in_the_other_framework(name, source, target, first_h
     cwd = copy_tree(first_halves(name, source), tmp_path / "run")
     run_dir = only_run(cwd)
     saved, _ = read_checkpoint(checkpoint(run_dir, n))
+    wait_for_a_new_second(run_dir)
     proc = run_script(
         name, target, *args, "--total-timesteps", n + n // 2, "--checkpoint-every", n // 2, "--resume", run_dir, cwd=cwd
     )
