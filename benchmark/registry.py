@@ -34,17 +34,30 @@ BENCH: dict[str, Bench] = {
     "dqn": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
     "c51": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
     "qrdqn": Bench(env_ids=("CartPole-v1",), total_timesteps=50_000),  # rl-zoo's whole budget
+    # CleanRL's own budget for pqn.py (epsilon and the learning rate anneal over it), so the published return applies
+    "pqn": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
     "qrdqn_actor_learner": Bench(env_ids=("CartPole-v1",), total_timesteps=20_000, extra_args=("--num-actors", "2")),
     "ppo_continuous_action": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=20_480),
     "sac": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
     "td3": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
     "ddpg": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
     "ppo_atari": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=4_096),
+    "ppo_atari_envpool": Bench(env_ids=("Breakout-v5",), total_timesteps=4_096),  # ppo_atari's budget: SPS side by side
+    "ppo_atari_lstm": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=4_096),  # ppo_atari's budget, too
+    # the runner starts one process: the one-rank path, ppo_atari's budget (2 ranks: docs/ppo_atari_multigpu.md)
+    "ppo_atari_multigpu": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=4_096),
     "dqn_atari": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
 }
 
 # CleanRL's published final returns (mean ± std over seeds), keyed by (script, env_id).
 PUBLISHED: dict[tuple[str, str], Published] = {
+    # https://docs.cleanrl.dev/rl-algorithms/pqn/#experiment-results (docs/rl-algorithms/pqn.md, vwxyzjn/cleanrl@fe8d8a0,
+    # measured after the Q(lambda) masking fix of PR #494): pqn.py, 500k steps (benchmark/pqn.sh), 3 seeds.
+    ("pqn", "CartPole-v1"): Published(495.13, 6.89, 500_000, "https://docs.cleanrl.dev/rl-algorithms/pqn/#experiment-results"),
+    ("pqn", "Acrobot-v1"): Published(-95.63, 5.73, 500_000, "https://docs.cleanrl.dev/rl-algorithms/pqn/#experiment-results"),
+    ("pqn", "MountainCar-v0"): Published(
+        -200.00, 0.00, 500_000, "https://docs.cleanrl.dev/rl-algorithms/pqn/#experiment-results"
+    ),
     # https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results (docs/rl-algorithms/ppo.md,
     # vwxyzjn/cleanrl@7a96de2): ppo.py, 500k steps (benchmark/ppo.sh), 3 seeds.
     ("ppo", "CartPole-v1"): Published(490.04, 6.12, 500_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"),
@@ -62,6 +75,39 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ),
     ("ppo_atari", "PongNoFrameskip-v4"): Published(
         20.36, 0.20, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"
+    ),
+    # https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_multigpupy (docs/benchmark/ppo_atari_multigpu.md,
+    # vwxyzjn/cleanrl@fe8d8a0): ppo_atari_multigpu.py on 2 processes x 4 local envs, 10M steps (benchmark/ppo.sh), 3 seeds.
+    ("ppo_atari_multigpu", "BreakoutNoFrameskip-v4"): Published(
+        414.94, 20.60, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_multigpupy"
+    ),
+    ("ppo_atari_multigpu", "PongNoFrameskip-v4"): Published(
+        20.34, 0.43, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_multigpupy"
+    ),
+    ("ppo_atari_multigpu", "BeamRiderNoFrameskip-v4"): Published(
+        2414.65, 643.74, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_multigpupy"
+    ),
+    # https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_lstmpy, "Experiment results" (docs/rl-algorithms/ppo.md,
+    # vwxyzjn/cleanrl@7a96de2): ppo_atari_lstm.py, its default 10M steps (benchmark/ppo.sh), 3 seeds.
+    ("ppo_atari_lstm", "BreakoutNoFrameskip-v4"): Published(
+        128.92, 31.10, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_lstmpy"
+    ),
+    ("ppo_atari_lstm", "PongNoFrameskip-v4"): Published(
+        19.78, 1.58, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_lstmpy"
+    ),
+    ("ppo_atari_lstm", "BeamRiderNoFrameskip-v4"): Published(
+        1536.20, 612.21, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_lstmpy"
+    ),
+    # https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_envpoolpy, "Experiment results" (docs/benchmark/ppo_atari_envpool.md,
+    # vwxyzjn/cleanrl@fe8d8a0): ppo_atari_envpool.py, 10M steps (benchmark/ppo.sh), 3 seeds.
+    ("ppo_atari_envpool", "Breakout-v5"): Published(
+        211.24, 151.84, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_envpoolpy"
+    ),
+    ("ppo_atari_envpool", "Pong-v5"): Published(
+        20.45, 0.09, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_envpoolpy"
+    ),
+    ("ppo_atari_envpool", "BeamRider-v5"): Published(
+        2501.85, 210.52, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_envpoolpy"
     ),
 }
 

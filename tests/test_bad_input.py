@@ -45,9 +45,10 @@ FIELD_RULES = {
     "noise_clip": ("-0.5", "--noise-clip must be positive"),
     "learning_starts": ("-1", "--learning-starts must be non-negative"),
     "device": ("tpu", '--device must be "gpu" or "cpu"'),
+    "q_lambda": ("1.5", "--q-lambda must be in [0, 1]"),
 }
 # Cases that are not one field out of range: (scripts, args, the message fragment).
-DISCRETE = ["ppo", "a2c", "dqn", "c51", "qrdqn", "qrdqn_actor_learner"]
+DISCRETE = ["ppo", "a2c", "dqn", "c51", "qrdqn", "qrdqn_actor_learner", "pqn"]
 CONTINUOUS = ["ppo_continuous_action", "sac", "td3", "ddpg"]
 CASES = [
     *[(n, ["--env-id", "NoSuchEnv-v0"], "unknown env id") for n in DISCRETE + CONTINUOUS],
@@ -60,17 +61,33 @@ CASES = [
     *[(n, ["--learning-starts", "500", "--total-timesteps", "500"], "--learning-starts") for n in ["sac", "td3", "ddpg"]],
     *[
         (n, ["--exploration-fraction", "-0.5"], "--exploration-fraction must be in (0, 1]")
-        for n in ["dqn", "c51", "qrdqn", "dqn_atari"]
+        for n in ["dqn", "c51", "qrdqn", "dqn_atari", "pqn"]
     ],
     ("ppo", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
     ("ppo", ["--total-timesteps", "100"], "less than one rollout"),
+    ("pqn", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
+    ("pqn", ["--total-timesteps", "100"], "less than one rollout"),
+    ("pqn", ["--q-lambda", "-0.1"], "--q-lambda must be in [0, 1]"),
     ("ppo_continuous_action", ["--num-steps", "100", "--num-minibatches", "32"], "not divisible"),
     ("ppo_continuous_action", ["--total-timesteps", "1000"], "less than one rollout"),
     ("a2c", ["--total-timesteps", "19"], "less than one rollout"),
     ("ppo_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
     ("ppo_atari", ["--env-id", "NoSuchNoFrameskip-v4"], "unknown env id"),
     ("ppo_atari", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
+    ("ppo_atari_multigpu", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env; try ppo_"),
+    ("ppo_atari_multigpu", ["--local-num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
+    ("ppo_atari_multigpu", ["--total-timesteps", "1000"], "less than one rollout of all ranks (1 x 1024 steps)"),
+    ("ppo_atari_multigpu", ["--num-envs", "8"], "--num-envs must be left out"),
+    ("ppo_atari_lstm", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env; try ppo_"),
+    ("ppo_atari_lstm", ["--num-envs", "6", "--num-minibatches", "4"], "num_envs = 6 is not divisible"),  # whole sequences
+    ("ppo_atari_lstm", ["--total-timesteps", "1000"], "less than one rollout"),
     ("dqn_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
+    ("ppo_atari_envpool", ["--env-id", "BreakoutNoFrameskip-v4"], "not in envpool's registry"),
+    ("ppo_atari_envpool", ["--env-id", "ALE/Breakout-v5"], "not in envpool's registry"),
+    ("ppo_atari_envpool", ["--env-id", "CartPole-v1"], "not an envpool Atari env; try ppo_"),
+    ("ppo_atari_envpool", ["--env-id", "Ant-v5"], "not an envpool Atari env"),
+    ("ppo_atari_envpool", ["--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"], "not divisible"),
+    ("ppo_atari_envpool", ["--total-timesteps", "1000"], "less than one rollout"),
     ("dqn_atari", ["--num-envs", "2"], "--num-envs must be 1"),
     ("dqn_atari", ["--learning-starts", "500", "--total-timesteps", "400"], "--learning-starts 500 must be"),
     ("dqn", ["--num-envs", "2"], "--num-envs must be 1"),
@@ -95,7 +112,7 @@ def module(name, framework):
 
 # Numeric fields that may take any value, or that the script computes after parsing (PPO's and A2C's
 # batch sizes): every other int or float field must reject -1, with the rule above or by default.
-FREE = {"seed", "v_min", "v_max", "minibatch_size", "num_iterations"}
+FREE = {"seed", "v_min", "v_max", "minibatch_size", "num_iterations", "local_batch_size", "local_minibatch_size", "world_size"}
 
 
 def field_cases():
@@ -137,6 +154,9 @@ CLI = [
     ("a2c", ["--env-id", "LunarLander-v3"], "needs a package that is not installed"),
     ("ppo_continuous_action", ["--env-id", "CartPole-v1"], "only continuous"),
     ("ppo_atari", ["--env-id", "CartPole-v1"], "not an Atari (ALE) env"),
+    ("ppo_atari_envpool", ["--env-id", "BreakoutNoFrameskip-v4"], "not in envpool's registry"),
+    ("ppo_atari_lstm", ["--num-envs", "6", "--num-minibatches", "4"], "num_envs = 6 is not divisible"),
+    ("ppo_atari_multigpu", ["--num-envs", "8"], "--num-envs must be left out"),
     ("dqn_atari", ["--exploration-fraction", "0"], "--exploration-fraction must be in (0, 1]"),
     ("dqn", ["--exploration-fraction", "0"], "--exploration-fraction must be in (0, 1]"),
     ("c51", ["--env-id", "Blackjack-v1"], "flat Box observation spaces"),
@@ -146,6 +166,7 @@ CLI = [
     ("td3", ["--policy-noise", "-1"], "--policy-noise must be non-negative"),
     ("ddpg", ["--exploration-noise", "-1"], "--exploration-noise must be non-negative"),
     ("allo", ["--d", "0"], "--d must be between 1"),
+    ("pqn", ["--q-lambda", "1.5"], "--q-lambda must be in [0, 1]"),
 ]
 
 

@@ -37,6 +37,9 @@ FRAMEWORKS = ("mlx", "torch")
 RESUMABLE = {
     "ppo_continuous_action": ("--env-id Pendulum-v1 --num-envs 1 --num-steps 64 --num-minibatches 4".split(), 256),
     "ppo_atari": ("--num-envs 2 --num-steps 32 --num-minibatches 2".split(), 128),
+    "ppo_atari_envpool": ("--num-envs 2 --num-steps 32 --num-minibatches 2".split(), 128),
+    "ppo_atari_lstm": ("--num-envs 2 --num-steps 32 --num-minibatches 2".split(), 128),
+    "ppo_atari_multigpu": ("--local-num-envs 2 --num-steps 32 --num-minibatches 2".split(), 128),  # one rank
     "sac": ("--env-id Pendulum-v1 --learning-starts 100 --batch-size 64".split(), 300),
     "td3": ("--env-id Pendulum-v1 --learning-starts 100 --batch-size 64".split(), 300),
     "ddpg": ("--env-id Pendulum-v1 --learning-starts 100 --batch-size 64".split(), 300),

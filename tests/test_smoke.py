@@ -15,6 +15,7 @@ from tests.helpers import REPO, check_ok, run_dirs, run_script, scalars_of_singl
 # `name` once more with other arguments (e.g. the continuous head of a script that has both).
 SMOKE = {
     "ppo": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
+    "pqn": ["--env-id", "CartPole-v1", "--total-timesteps", "2048", "--eval-episodes", "2"],
     "a2c": ["--env-id", "CartPole-v1", "--total-timesteps", "2000", "--eval-episodes", "2"],
     "a2c:continuous": ["--env-id", "Pendulum-v1", "--total-timesteps", "1000", "--eval-episodes", "1"],
     # the in-process actor: deterministic (the multi-process paths are in test_parity_qrdqn_actor_learner.py)
@@ -32,6 +33,9 @@ SMOKE = {
         "1",
     ],
     "dqn_atari": ["--buffer-size", "2000", "--learning-starts", "200", "--total-timesteps", "400", "--eval-episodes", "1"],
+    "ppo_atari_multigpu": "--local-num-envs 2 --num-steps 32 --total-timesteps 128 --num-minibatches 2 --eval-episodes 1".split(),
+    "ppo_atari_lstm": "--num-envs 2 --num-steps 32 --total-timesteps 128 --num-minibatches 2 --eval-episodes 1".split(),
+    "ppo_atari_envpool": "--env-id Breakout-v5 --num-envs 2 --num-steps 32 --total-timesteps 128 --num-minibatches 2 --eval-episodes 1".split(),
     "ppo_continuous_action": "--env-id Pendulum-v1 --num-steps 64 --num-minibatches 4 --total-timesteps 256 --eval-episodes 2".split(),
     "sac": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],
     "td3": ["--env-id", "Pendulum-v1", "--total-timesteps", "400", "--learning-starts", "100", "--eval-episodes", "2"],

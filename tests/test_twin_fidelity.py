@@ -33,7 +33,9 @@ FRAMEWORK = re.compile(
 )
 # Helpers one framework needs and the other does not (e.g. MLX has no nn.Sequential with torch's names,
 # no built-in space-to-depth convolution, no in-place Polyak copy).
+# (LSTM: torch's parameter layout, which MLX's own LSTM does not have; RAdam: not in mlx.optimizers)
 MLX_ONLY = {"tanh", "tanh_vjp", "Tanh", "forward", "Conv2d", "Flatten", "orthogonal", "space_to_depth", "StackedLinear"}
+MLX_ONLY |= {"LSTM", "RAdam"}
 TORCH_ONLY: set[str] = set()
 METHOD_ALIASES = {"__call__": "forward"}
 
@@ -47,7 +49,11 @@ MAX_DIFF_LINES = {
     "dqn_atari": 199,
     "ppo": 161,
     "ppo_atari": 242,
+    "ppo_atari_envpool": 242,
+    "ppo_atari_lstm": 307,
+    "ppo_atari_multigpu": 285,
     "ppo_continuous_action": 217,
+    "pqn": 138,
     "qrdqn": 128,
     "qrdqn_actor_learner": 129,
     "sac": 239,
@@ -71,7 +77,11 @@ MAX_LINES = {
     "dqn_atari": 700,
     "ppo": 450,
     "ppo_atari": 708,
+    "ppo_atari_envpool": 667,
+    "ppo_atari_lstm": 779,
+    "ppo_atari_multigpu": 770,
     "ppo_continuous_action": 674,
+    "pqn": 403,
     "qrdqn": 419,
     "qrdqn_actor_learner": 674,
     "sac": 629,
