@@ -48,7 +48,7 @@ def read_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
 def parse_log(text: str) -> dict:
     """BLAS and MLX device from a script's startup line (`ppo_mlx.py: mlx 0.32.4, device cpu, BLAS openblas`)."""
     out = {}
-    if m := re.search(r"\bdevice (\S+?),? BLAS (\S+)", text):
+    if m := re.search(r"\bdevice (\S+?),? BLAS ([^\s,]+)", text):
         out["device"], out["blas"] = m.group(1), m.group(2)
     elif m := re.search(r"\bdevice (\S+?),", text):
         out["device"] = m.group(1)

@@ -336,3 +336,10 @@ def test_micro_conv_s2d_runs_on_the_scripts_own_network():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "space-to-depth: forward" in proc.stdout and "plain strided conv: forward" in proc.stdout
+
+
+def test_startup_line_parsing_stops_at_the_blas_name():
+    """The data-parallel script's startup line goes on after the BLAS name (`, rank 0/2`): the name alone is read."""
+    line = "ppo_atari_multigpu_mlx.py: mlx 0.32.4, device cpu, BLAS openblas, rank 0/2"
+    assert report.parse_log(line) == {"device": "cpu", "blas": "openblas"}
+    assert report.parse_log("ppo_mlx.py: mlx 0.32.4, device gpu, BLAS accelerate\n")["blas"] == "accelerate"
