@@ -2,7 +2,7 @@
 own and torch's, forward and gradients); with the same weights (files in torch's layout, loaded
 untouched by both) the Nature-CNN agent gives the same logits, values, loss terms and gradients; one
 full update (the scripts' own train_step and optimizer) leaves the same weights, and the torch one is
-CleanRL's clipped first Adam step; the Atari preprocessing logs whole games, not lives, and skips
+CleanRL's clipped first Adam step (all of it for ppo_atari_envpool's agent too, which is the same); the Atari preprocessing logs whole games, not lives, and skips
 frames once for ALE/...-v5 ids too."""
 
 from functools import partial
@@ -25,9 +25,16 @@ from tests.helpers import (
     torch_params_to_mlx,
 )
 
-P_MLX = load_script("ppo_atari", "mlx")
-P_TORCH = load_script("ppo_atari", "torch")
+# ppo_atari_envpool has ppo_atari's network, loss and update (only its envs differ): both pairs run the same checks
+PAIRS = {name: (load_script(name, "mlx"), load_script(name, "torch")) for name in ("ppo_atari", "ppo_atari_envpool")}
+P_MLX, P_TORCH = PAIRS["ppo_atari"]
 N_ACTIONS, B = 4, 32
+
+
+@pytest.fixture(params=list(PAIRS))
+def pair(request):
+    """(MLX module, torch module) of each pair that shares ppo_atari's agent."""
+    return PAIRS[request.param]
 
 
 # (in, out, kernel, stride, input height/width): the Nature CNN's three layers, plus sizes where the
@@ -36,7 +43,7 @@ CONV_CASES = [(4, 32, 8, 4, 84, 84), (32, 64, 4, 2, 20, 20), (64, 64, 3, 1, 9, 9
 
 
 @pytest.mark.parametrize("cin,cout,k,s,h,w", CONV_CASES)
-def test_space_to_depth_conv_equals_strided_conv(cin, cout, k, s, h, w):
+def test_space_to_depth_conv_equals_strided_conv(pair, cin, cout, k, s, h, w):
     """Forward, input gradient and weight/bias gradients against mlx.nn.Conv2d (NHWC, (out, kh, kw, in)
     weights) and torch.nn.Conv2d (NCHW, (out, in, kh, kw)), all with the same weights."""
     rng = np.random.default_rng(k * 10 + s)
@@ -44,7 +51,7 @@ def test_space_to_depth_conv_equals_strided_conv(cin, cout, k, s, h, w):
     cot_shape = (3, cout, (h - k) // s + 1, (w - k) // s + 1)
     cotangent = rng.normal(size=cot_shape).astype(np.float32)  # a random upstream gradient
 
-    ours = P_MLX.Conv2d(cin, cout, k, stride=s)
+    ours = pair[0].Conv2d(cin, cout, k, stride=s)
     plain = nn.Conv2d(cin, cout, k, stride=s)
     plain.weight, plain.bias = ours.weight.transpose(0, 2, 3, 1), ours.bias
     t_conv = torch.nn.Conv2d(cin, cout, k, stride=s)
@@ -78,10 +85,11 @@ def test_space_to_depth_conv_equals_strided_conv(cin, cout, k, s, h, w):
 
 
 @pytest.fixture
-def twins():
+def twins(pair):
+    p_mlx, p_torch = pair
     torch.manual_seed(0)
-    t_agent = P_TORCH.Agent(N_ACTIONS)
-    m_agent = P_MLX.Agent(N_ACTIONS)
+    t_agent = p_torch.Agent(N_ACTIONS)
+    m_agent = p_mlx.Agent(N_ACTIONS)
     with torch.no_grad():  # a policy head far from uniform, so the clipped branches are exercised
         t_agent.actor.weight.normal_(0, 0.05)
     torch_params_to_mlx(t_agent, m_agent)  # same names and shapes: no layout conversion at all
@@ -121,14 +129,14 @@ def test_logits_and_values_on_uint8_frames(twins):
 
 
 @pytest.mark.parametrize("norm_adv,clip_vloss", [(True, True), (False, False)])
-def test_loss_terms_and_gradients(twins, norm_adv, clip_vloss):
-    t_agent, m_agent = twins
+def test_loss_terms_and_gradients(pair, twins, norm_adv, clip_vloss):
+    (p_mlx, p_torch), (t_agent, m_agent) = pair, twins
     b = make_batch()
     coefs = dict(clip_coef=0.1, ent_coef=0.01, vf_coef=0.5, norm_adv=norm_adv, clip_vloss=clip_vloss)
-    t_loss, t_stats = P_TORCH.ppo_loss(t_agent, *(torch.tensor(b[k]) for k in KEYS), **coefs)
+    t_loss, t_stats = p_torch.ppo_loss(t_agent, *(torch.tensor(b[k]) for k in KEYS), **coefs)
     t_agent.zero_grad()
     t_loss.backward()
-    (m_loss, m_stats), m_grads = nn.value_and_grad(m_agent, lambda *batch: P_MLX.ppo_loss(m_agent, *batch, **coefs))(
+    (m_loss, m_stats), m_grads = nn.value_and_grad(m_agent, lambda *batch: p_mlx.ppo_loss(m_agent, *batch, **coefs))(
         *(mx.array(b[k]) for k in KEYS)
     )
     assert_close(m_loss, t_loss, what="loss")
@@ -138,24 +146,24 @@ def test_loss_terms_and_gradients(twins, norm_adv, clip_vloss):
     assert_same_grads(m_grads, t_agent)
 
 
-def test_one_full_update(twins):
+def test_one_full_update(pair, twins):
     """train_step (loss, gradients, clipping to max_grad_norm, Adam) on one minibatch of a batch, with each
     script's own make_optimizer and default Args: the same weights and loss terms come out of both twins
     (MLX compiled, as the script runs it). Against the formula: the torch step is a first Adam step with
     CleanRL's learning rate 2.5e-4 and eps 1e-5 on gradients clipped to a global norm of 0.5."""
-    t_agent, m_agent = twins
-    m_args, t_args = P_MLX.Args(), P_TORCH.Args()
+    (p_mlx, p_torch), (t_agent, m_agent) = pair, twins
+    m_args, t_args = p_mlx.Args(), p_torch.Args()
     hyper = {k: getattr(t_args, k) for k in ("clip_coef", "ent_coef", "vf_coef", "norm_adv", "clip_vloss", "max_grad_norm")}
     assert hyper == {k: getattr(m_args, k) for k in hyper}
     b = {k: np.concatenate([v, w]) for (k, v), w in zip(make_batch(1).items(), make_batch(2).values())}  # a batch of 2B
     mb_inds = np.random.default_rng(0).permutation(2 * B)[:B]
-    m_opt, t_opt = P_MLX.make_optimizer(m_agent, m_args), P_TORCH.make_optimizer(t_agent, t_args)
+    m_opt, t_opt = p_mlx.make_optimizer(m_agent, m_args), p_torch.make_optimizer(t_agent, t_args)
 
     before = torch_params(t_agent)
-    t_stats = P_TORCH.train_step(t_agent, t_opt, torch.tensor(mb_inds), [torch.tensor(b[k]) for k in KEYS], **hyper)
+    t_stats = p_torch.train_step(t_agent, t_opt, torch.tensor(mb_inds), [torch.tensor(b[k]) for k in KEYS], **hyper)
     grads = {name: p.grad.numpy().copy() for name, p in t_agent.named_parameters()}
     train = mx.compile(
-        partial(P_MLX.train_step, m_agent, m_opt, **hyper),
+        partial(p_mlx.train_step, m_agent, m_opt, **hyper),
         inputs=[m_agent.state, m_opt.state],
         outputs=[m_agent.state, m_opt.state],
     )
@@ -170,11 +178,11 @@ def test_one_full_update(twins):
     assert_first_adam_step(before, torch_params(t_agent), grads, lr=2.5e-4, eps=1e-5)
 
 
-def test_weights_round_trip_both_ways(twins, tmp_path):
+def test_weights_round_trip_both_ways(pair, twins, tmp_path):
     """The on-disk layout is torch's: a file saved by either twin loads in the other unchanged."""
-    t_agent, m_agent = twins
+    (p_mlx, p_torch), (t_agent, m_agent) = pair, twins
     obs = make_batch(seed=5)["obs"]
-    fresh_m, fresh_t = cross_load(m_agent, t_agent, P_MLX.Agent(N_ACTIONS), P_TORCH.Agent(N_ACTIONS), tmp_path)
+    fresh_m, fresh_t = cross_load(m_agent, t_agent, p_mlx.Agent(N_ACTIONS), p_torch.Agent(N_ACTIONS), tmp_path)
     assert_close(m_agent.get_logits(mx.array(obs)), fresh_t.get_logits(torch.tensor(obs)), what="torch <- mlx file")
     assert_close(fresh_m.get_logits(mx.array(obs)), t_agent.get_logits(torch.tensor(obs)), what="mlx <- torch file")
 
