@@ -1,5 +1,5 @@
-"""Per-script benchmark defaults and CleanRL's published returns. One entry per pair; a pair without
-an entry still runs, with its own defaults and whatever --env-ids/--total-timesteps the CLI gives."""
+"""Per-script benchmark defaults, CleanRL's published returns, and the tags each pair logs. One entry per pair; a
+pair without a BENCH entry still runs, with its own defaults and whatever --env-ids/--total-timesteps the CLI gives."""
 
 from dataclasses import dataclass
 from typing import Optional
@@ -110,6 +110,45 @@ PUBLISHED: dict[tuple[str, str], Published] = {
         2501.85, 210.52, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_envpoolpy"
     ),
 }
+
+
+# ---------------------------------------------------------------- logged tags
+# What the side-by-side views (benchmark.dashboard's W&B report and workspace, benchmark.tblayout's TensorBoard page)
+# plot for a pair. Both twins log the same tags; tests/test_dashboard.py checks this table against the scripts' text.
+TIMING_TAGS = ("timing/env_us", "timing/inference_us", "timing/update_us")
+SCORE_TAG = "charts/episodic_return"
+SCORE_TAGS: dict[str, str] = {"allo": "eval/cosine_similarity"}  # a pair without episodes: its score instead
+PPO_LOSSES = ("value_loss", "policy_loss", "entropy", "old_approx_kl", "approx_kl", "clipfrac", "explained_variance")
+Q_LOSSES = ("td_loss", "q_values")
+CRITIC_LOSSES = ("qf1_values", "qf2_values", "qf1_loss", "qf2_loss", "qf_loss", "actor_loss")
+LOSSES: dict[str, tuple[str, ...]] = {
+    "ppo": PPO_LOSSES,
+    "ppo_continuous_action": PPO_LOSSES,
+    "ppo_atari": PPO_LOSSES,
+    "ppo_atari_envpool": PPO_LOSSES,
+    "ppo_atari_lstm": PPO_LOSSES,
+    "ppo_atari_multigpu": PPO_LOSSES,
+    "a2c": ("value_loss", "policy_loss", "entropy", "explained_variance"),
+    "dqn": Q_LOSSES,
+    "dqn_atari": Q_LOSSES,
+    "pqn": Q_LOSSES,
+    "qrdqn_actor_learner": Q_LOSSES,
+    "c51": ("loss", "q_values"),
+    "qrdqn": ("loss", "q_values"),
+    "sac": (*CRITIC_LOSSES, "alpha", "alpha_loss"),
+    "td3": CRITIC_LOSSES,
+    "ddpg": ("qf1_values", "qf1_loss", "actor_loss"),
+    "allo": ("loss", "graph_loss", "dual_loss", "barrier_loss"),
+}
+
+
+def score_tag(script: str) -> str:
+    return SCORE_TAGS.get(script, SCORE_TAG)
+
+
+def loss_tags(script: str) -> tuple[str, ...]:
+    """The pair's `losses/*` tags (empty for a pair the table does not know)."""
+    return tuple(f"losses/{name}" for name in LOSSES.get(script, ()))
 
 
 def bench_for(script: str) -> Optional[Bench]:

@@ -2,10 +2,12 @@
 
     python -m benchmark.report benchmark/runs/<tag> [--out benchmark/results/<tag>] [--track]
 
-Writes results.md, results.csv, machine.json and PNGs (learning curves, SPS bars, time breakdown).
-Per script, env and variant: final return as CleanRL reports it (mean ± std over seeds of each run's
-last-100-episode average), median SPS, wall time, the MLX/torch SPS ratio, the timing/* breakdown
-(µs per env step) and CleanRL's published return where the registry has one. Then
+Writes results.md, results.csv, machine.json and PNGs (learning curves, SPS bars, the MLX/torch SPS ratio,
+time breakdown). Per script, env and variant: final return as CleanRL reports it (mean ± std over seeds of each
+run's last-100-episode average) and, for 3 or more seeds, its interquartile mean with a 95% stratified-bootstrap
+interval (rliable, as RL papers report it), median SPS, wall time, the MLX/torch SPS ratio with a bootstrap
+interval, the timing/* breakdown (µs per env step) and CleanRL's published return where the registry has one.
+Without rliable installed the report leaves the IQM and the intervals out and says so. Then
 `python -m benchmark.docs` rewrites the README's and the docs pages' results blocks from every folder.
 """
 
@@ -14,6 +16,7 @@ import csv
 import json
 import math
 import re
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,14 +25,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from benchmark.machine import describe
 from benchmark.pairs import RESULTS_DIR
-from benchmark.registry import published_for
+from benchmark.registry import TIMING_TAGS, published_for
 from benchmark.run import log_tail
 
-TIMING_TAGS = ("timing/env_us", "timing/inference_us", "timing/update_us")
 LAST_EPISODES = 100
+MIN_SEEDS_FOR_INTERVALS = 3
+BOOTSTRAP_REPS = 10_000
 COLUMNS = [
     "script", "env_id", "variant", "framework", "blas", "device", "seeds", "total_timesteps",
-    "return_mean", "return_std", "sps_median", "sps_ratio_vs_torch", "wall_s_mean", "peak_rss_mb",
+    "return_mean", "return_std", "return_iqm", "return_iqm_low", "return_iqm_high",
+    "sps_median", "sps_ratio_vs_torch", "sps_ratio_low", "sps_ratio_high", "wall_s_mean", "peak_rss_mb",
     "env_us", "inference_us", "update_us",
     "published_return", "published_std", "published_steps", "failed_runs",
 ]  # fmt: skip
@@ -107,8 +112,10 @@ def summarize(runs: list[dict]) -> list[dict]:
             "total_timesteps": max((r["steps"] for r in ok), default=""),
             "return_mean": float(np.mean(finals)) if ok else math.nan,
             "return_std": float(np.std(finals)) if ok else math.nan,
+            **dict.fromkeys(("return_iqm", "return_iqm_low", "return_iqm_high"), math.nan),
             "sps_median": float(np.median([r["sps"] for r in ok])) if ok else math.nan,
             "sps_ratio_vs_torch": math.nan,
+            **dict.fromkeys(("sps_ratio_low", "sps_ratio_high"), math.nan),
             "wall_s_mean": float(np.mean([r["wall_s"] for r in ok])) if ok else math.nan,
             "peak_rss_mb": max((r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb")), default=math.nan),
             "env_us": float(np.mean([r["timing/env_us"] for r in ok])) if ok else math.nan,
@@ -127,6 +134,57 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- rliable: IQM and bootstrap intervals
+
+
+def load_rliable():
+    """rliable's (library, metrics) modules, or None where it is not installed."""
+    try:
+        from rliable import library, metrics
+    except ImportError:
+        return None
+    return library, metrics
+
+
+def bootstrap(rly, scores, func, reps, seed=0):
+    """rliable's point estimate and 95% percentile-bootstrap interval of func over scores: one (seeds x 1) array
+    (stratified bootstrap over seeds), or a list of them resampled independently (func gets one array each)."""
+    with warnings.catch_warnings():  # arch deprecates its random_state argument, which rliable passes on
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = rly.get_interval_estimates({"x": scores}, func, reps=reps, random_state=np.random.RandomState(seed))
+    return float(point["x"][0]), float(interval["x"][0][0]), float(interval["x"][1][0])
+
+
+def add_intervals(rows, runs, reps=BOOTSTRAP_REPS) -> bool:
+    """Fill the rows' IQM and interval columns where there are enough seeds; False when rliable is not installed.
+    IQM: rliable's aggregate_iqm of the runs' final returns (the mean of their middle 50%), stratified bootstrap
+    over seeds. SPS ratio: the MLX variant's median over seeds of each run's median SPS over torch's, with MLX and
+    torch seeds resampled independently."""
+    modules = load_rliable()
+    if modules is None:
+        return False
+    rly, metrics = modules
+    ok = {}
+    for r in runs:
+        if r["returncode"] == 0:
+            ok.setdefault((r["script"], r["env_id"], r["variant"]), []).append(r)
+
+    def column(key, field):
+        return np.array([[r[field]] for r in ok.get(key, [])], dtype=float)
+
+    for row in rows:
+        key = (row["script"], row["env_id"], row["variant"])
+        finals = column(key, "final_return")
+        if len(finals) >= MIN_SEEDS_FOR_INTERVALS and np.isfinite(finals).all():
+            iqm = bootstrap(rly, finals, lambda x: np.array([metrics.aggregate_iqm(x)]), reps)
+            row["return_iqm"], row["return_iqm_low"], row["return_iqm_high"] = iqm
+        mlx_sps, torch_sps = column(key, "sps"), column((row["script"], row["env_id"], "torch"), "sps")
+        if row["framework"] == "mlx" and min(len(mlx_sps), len(torch_sps)) >= MIN_SEEDS_FOR_INTERVALS:
+            ratio = bootstrap(rly, [mlx_sps, torch_sps], lambda m, t: np.array([np.median(m) / np.median(t)]), reps)
+            row["sps_ratio_low"], row["sps_ratio_high"] = ratio[1:]
+    return True
+
+
 def fmt(x, spec=".1f") -> str:
     if x == "" or x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -142,17 +200,26 @@ def published_cell(row) -> str:
     return cell
 
 
+def with_interval(value, low, high, spec) -> str:
+    """`value [low, high]`, or the value alone where no interval was computed."""
+    if isinstance(low, float) and math.isnan(low):
+        return fmt(value, spec)
+    return f"{fmt(value, spec)} [{fmt(low, spec)}, {fmt(high, spec)}]"
+
+
 def table_md(rows) -> str:
     lines = [
-        "| script | env | framework | BLAS | seeds | steps | return (last 100 ep.) | CleanRL published | median SPS | "
-        "MLX/torch SPS | wall (s) | peak RSS (MB) | env µs | inference µs | update µs |",
-        "|" + "---|" * 15,
+        "| script | env | framework | BLAS | seeds | steps | return (last 100 ep.) | IQM [95% CI] | CleanRL published | "
+        "median SPS | MLX/torch SPS | wall (s) | peak RSS (MB) | env µs | inference µs | update µs |",
+        "|" + "---|" * 16,
     ]
     for r in rows:
+        iqm = with_interval(r["return_iqm"], r["return_iqm_low"], r["return_iqm_high"], ".2f")
+        ratio = with_interval(r["sps_ratio_vs_torch"], r["sps_ratio_low"], r["sps_ratio_high"], ".2f")
         lines.append(
             f"| {r['script']} | {r['env_id']} | {r['variant']} | {r['blas'] or '–'} | {r['seeds']} | {fmt(r['total_timesteps'], ',')} | "
-            f"{fmt(r['return_mean'], '.2f')} ± {fmt(r['return_std'], '.2f')} | {published_cell(r)} | {fmt(r['sps_median'], '.0f')} | "
-            f"{fmt(r['sps_ratio_vs_torch'], '.2f')} | {fmt(r['wall_s_mean'])} | {fmt(r['peak_rss_mb'], '.0f')} | {fmt(r['env_us'])} | {fmt(r['inference_us'])} | "
+            f"{fmt(r['return_mean'], '.2f')} ± {fmt(r['return_std'], '.2f')} | {iqm} | {published_cell(r)} | {fmt(r['sps_median'], '.0f')} | "
+            f"{ratio} | {fmt(r['wall_s_mean'])} | {fmt(r['peak_rss_mb'], '.0f')} | {fmt(r['env_us'])} | {fmt(r['inference_us'])} | "
             f"{fmt(r['update_us'])} |"
         )
     return "\n".join(lines)
@@ -220,6 +287,31 @@ def plot_sps(rows, path):
     plt.close(fig)
 
 
+def plot_sps_ratio(rows, path) -> bool:
+    """Each MLX variant's SPS over torch's, per pair and env, with its bootstrap interval where there is one
+    (False, and no file, when the sweep has no MLX/torch pair)."""
+    import matplotlib.pyplot as plt
+
+    ratios = [r for r in rows if r["framework"] == "mlx" and not math.isnan(r["sps_ratio_vs_torch"])]
+    if not ratios:
+        return False
+    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.5 * len(ratios) + 1)))
+    y = np.arange(len(ratios))
+    values = np.array([r["sps_ratio_vs_torch"] for r in ratios])
+    low = np.array([r["sps_ratio_low"] for r in ratios])
+    high = np.array([r["sps_ratio_high"] for r in ratios])
+    errors = np.nan_to_num(np.stack([values - low, high - values]))  # no interval: no bar
+    ax.errorbar(values, y, xerr=errors, fmt="o", capsize=4)
+    ax.axvline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax.set_yticks(y, [f"{r['script']} {r['env_id']} ({r['variant']})" for r in ratios])
+    title = "MLX/torch SPS ratio" + (", 95% bootstrap interval" if np.isfinite(low).any() else "")
+    ax.set(xlabel="MLX/torch SPS ratio (above 1: MLX is faster)", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_timing(rows, path):
     import matplotlib.pyplot as plt
 
@@ -275,12 +367,32 @@ def upload_wandb(runs, project: str, entity=None, wandb_dir=None) -> None:
 # ---------------------------------------------------------------- main
 
 
-def write_report(sweep_dir: Path, out_dir: Path) -> list[dict]:
+def statistics_text(has_rliable: bool, reps: int) -> str:
+    """How the IQM and the intervals were computed, or that they were not."""
+    if not has_rliable:
+        return (
+            "IQM and 95% intervals: not computed, rliable is not installed (`pip install -r requirements-dev.txt`); "
+            "the ratio plot shows the point ratios only."
+        )
+    return (
+        f"IQM: the interquartile mean of the runs' final returns (the mean of the middle 50% of runs, rliable's "
+        f"`metrics.aggregate_iqm`), with a 95% stratified-bootstrap interval over seeds (rliable's "
+        f"`get_interval_estimates`, percentile method, {reps:,} replicates); only for {MIN_SEEDS_FOR_INTERVALS} or "
+        f"more seeds. MLX/torch SPS interval: each replicate resamples the MLX runs and the torch runs independently "
+        f"(with replacement, {reps:,} replicates) and takes the ratio of their medians of each run's median SPS; the "
+        f"interval is the 2.5th to 97.5th percentile (needs {MIN_SEEDS_FOR_INTERVALS} or more seeds on each side)."
+    )
+
+
+def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS) -> list[dict]:
     import matplotlib
 
     matplotlib.use("Agg")
     runs = load_sweep(sweep_dir)
     rows = summarize(runs)
+    has_rliable = add_intervals(rows, runs, reps)
+    if not has_rliable:
+        print("benchmark.report: rliable is not installed: no IQM and no intervals (pip install -r requirements-dev.txt)")
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -295,8 +407,9 @@ def write_report(sweep_dir: Path, out_dir: Path) -> list[dict]:
         plot_curves(runs, script, env_id, out_dir / name)
         images.append(name)
     plot_sps(rows, out_dir / "sps.png")
+    images += ["sps.png", *(["sps_ratio.png"] if plot_sps_ratio(rows, out_dir / "sps_ratio.png") else [])]
     plot_timing(rows, out_dir / "timing.png")
-    images += ["sps.png", "timing.png"]
+    images.append("timing.png")
 
     md = [
         f"# Benchmark: {Path(sweep_dir).name}",
@@ -309,6 +422,8 @@ def write_report(sweep_dir: Path, out_dir: Path) -> list[dict]:
         "over the run, mean over seeds). MLX/torch: the SPS ratio (above 1: MLX is faster). Wall: "
         "the process's wall time, start-up included (mean over seeds). Peak RSS: the script process's "
         "maximum resident memory (max over seeds; its children, e.g. actor processes, not included).",
+        "",
+        statistics_text(has_rliable, reps),
         "",
         table_md(rows),
         "",
@@ -330,9 +445,10 @@ def main(argv=None):
     p.add_argument("--track", action="store_true", help="also upload the runs to W&B (grouped by algo/env, split by framework)")
     p.add_argument("--wandb-project-name", default="cleanrl-mlx")
     p.add_argument("--wandb-entity")
+    p.add_argument("--bootstrap-reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replicates for the intervals")
     opts = p.parse_args(argv)
     out_dir = opts.out or RESULTS_DIR / opts.sweep_dir.resolve().name
-    rows = write_report(opts.sweep_dir, out_dir)
+    rows = write_report(opts.sweep_dir, out_dir, opts.bootstrap_reps)
     print(table_md(rows))
     print(f"benchmark.report: wrote {out_dir}/results.md, results.csv and plots (then: python -m benchmark.docs)")
     if opts.track:

@@ -7,8 +7,9 @@
 Every run gets `OMP_NUM_THREADS=1`; the MLX and torch runs of one seed are queued next to each other
 so that load drift hits both. Each run's folder `benchmark/runs/<tag>/<script>__<env>__<variant>__<seed>/`
 holds its TensorBoard logs (`runs/`), its stdout+stderr (`stdout.log`) and `run.json` (command, exit
-code, wall time, machine). Arguments after `--` go to every script. Then:
-`python -m benchmark.report benchmark/runs/<tag>`.
+code, wall time, machine); the sweep folder gets a TensorBoard custom-scalars layout (benchmark.tblayout).
+Arguments after `--` go to every script. `--track` logs every run to W&B (then `python -m benchmark.dashboard`
+builds the comparison report). Then: `python -m benchmark.report benchmark/runs/<tag>`.
 """
 
 import argparse
@@ -30,6 +31,7 @@ from typing import Optional
 from benchmark.machine import machine_info, peak_rss_mb
 from benchmark.pairs import DEFAULT_DIRS, FRAMEWORKS, REPO, check_scripts, discover, script_path
 from benchmark.registry import bench_for
+from benchmark.tblayout import write_layout
 
 RUNS_DIR = REPO / "benchmark" / "runs"
 BLAS_CHOICES = ("openblas", "bundled")
@@ -76,20 +78,35 @@ def variants(frameworks, mlx_blas) -> list[tuple[str, str, dict]]:
     return out
 
 
+def env_ids_for(script: str, env_ids=None, dirs=None) -> list[str]:
+    """The envs a sweep (and a dashboard) covers for a script: the CLI's, else the registry's, else its own default."""
+    bench = bench_for(script)
+    return list(env_ids or (bench.env_ids if bench else [default_env_id(script_path(script, "mlx", dirs))]))
+
+
+def track_args(opts) -> list[str]:
+    """--track and the W&B project/entity the CLI names (else the scripts' own defaults)."""
+    if not opts.track:
+        return []
+    args = ["--track"]
+    args += ["--wandb-project-name", opts.wandb_project_name] if opts.wandb_project_name else []
+    args += ["--wandb-entity", opts.wandb_entity] if opts.wandb_entity else []
+    return args
+
+
 def expand(opts, dirs) -> list[RunSpec]:
     """All runs of a sweep, in the order they are queued: per script, env and seed, every variant."""
     specs = []
     for script in opts.scripts:
         bench = bench_for(script)
-        env_ids = opts.env_ids or (list(bench.env_ids) if bench else [default_env_id(script_path(script, "mlx", dirs))])
         steps = opts.total_timesteps or (bench.total_timesteps if bench else None)
-        for env_id in env_ids:
+        for env_id in env_ids_for(script, opts.env_ids, dirs):
             for seed in opts.seeds:
                 for fw, label, env in variants(opts.frameworks, opts.mlx_blas):
                     args = ["--env-id", env_id, "--seed", str(seed)]
                     args += ["--total-timesteps", str(steps)] if steps else []
                     args += list(bench.extra_args) if bench else []
-                    args += opts.script_args + (["--track"] if opts.track else [])
+                    args += opts.script_args + track_args(opts)
                     specs.append(RunSpec(script, env_id, seed, fw, label, args, env))
     return specs
 
@@ -190,6 +207,8 @@ def parse(argv):
     p.add_argument("--mlx-blas", nargs="+", default=["openblas"], help="BLAS variants of the MLX runs: openblas, bundled")
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
     p.add_argument("--track", action="store_true", help="pass --track to every script (W&B, grouped by algo/env)")
+    p.add_argument("--wandb-project-name", help="with --track: the W&B project (default: the scripts' own, cleanrl-mlx)")
+    p.add_argument("--wandb-entity", help="with --track: the W&B entity (default: your W&B default entity)")
     p.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"), help="the sweep's folder name under --runs-dir")
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     p.add_argument("--backend", default="local", choices=("local", "ray"))
@@ -242,6 +261,8 @@ def main(argv=None) -> int:
     else:
         run_local(specs, dirs, out_dir, opts.workers, on_done)
 
+    if layout := write_layout(out_dir):
+        print(f"benchmark: TensorBoard page (Custom Scalars): tensorboard --logdir {out_dir}  ({layout.name})")
     if failed:
         print(f"benchmark: {len(failed)} of {len(specs)} runs failed: {', '.join(s.name for s in failed)}", file=sys.stderr)
     print(f"benchmark: report with  python -m benchmark.report {out_dir}")

@@ -4,6 +4,7 @@ report's arithmetic checkable exactly; one real PPO sweep checks it end to end."
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -117,6 +118,11 @@ def test_expand_uses_registry_script_defaults_and_pass_through(fake_dirs):
     )
     (ppo,) = bench_run.expand(cli, bench_run.DEFAULT_DIRS)
     assert ppo.args == ["--env-id", "Acrobot-v1", "--seed", "1", "--total-timesteps", "4096"]
+    # --track passes the W&B project and entity on (the scripts' own defaults where not given)
+    tracked = bench_run.parse(["--scripts", "fake", "--seeds", "1", "--frameworks", "torch", "--track", "--wandb-entity", "me"])
+    assert bench_run.expand(tracked, fake_dirs)[0].args[-3:] == ["--track", "--wandb-entity", "me"]
+    tracked = bench_run.parse([*"--scripts fake --seeds 1 --frameworks torch --track --wandb-project-name p".split(), "--", "-x"])
+    assert bench_run.expand(tracked, fake_dirs)[0].args[-4:] == ["-x", "--track", "--wandb-project-name", "p"]
 
 
 def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp_path, capsys):
@@ -164,8 +170,47 @@ def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp
     assert torch["peak_rss_mb"] >= 300 > mlx["peak_rss_mb"] > 10  # the runner's os.wait4, per child
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Failed runs" in md and "boom: the fake mlx script failed on purpose" in md
-    assert "| fake | FakeEnv-v0 | mlx | openblas | 1 | 1,000 | 1106.50 ± 0.00 | – | 200 | 2.22 |" in md
+    assert "| fake | FakeEnv-v0 | mlx | openblas | 1 | 1,000 | 1106.50 ± 0.00 | – | – | 200 | 2.22 |" in md  # no IQM: 1 seed
     assert f"| {torch['peak_rss_mb']:.0f} | 10.0 | 40.0 | 30.0 |" in md
+
+
+def test_iqm_and_sps_ratio_intervals_for_three_or_more_seeds(fake_dirs, tmp_path, monkeypatch, capsys):
+    """Four seeds per twin: the IQM of the final returns is the mean of the middle two (not the mean of all four),
+    inside its bootstrap interval; the SPS ratio's interval holds the ratio of medians. Without rliable the report
+    still runs, leaves both out and says so once."""
+    pytest.importorskip("rliable")
+    assert (
+        run_main(
+            "--scripts", "fake", "--seeds", "1", "3", "4", "5", "--workers", "2", "--tag", "q", dirs=fake_dirs, runs_dir=tmp_path
+        )
+        == 0
+    )
+    rows = {r["variant"]: r for r in report.write_report(tmp_path / "q", tmp_path / "out", reps=500)}
+    mlx, torch = rows["mlx"], rows["torch"]
+    # final returns seed*1000 + 99.5: IQM of 1099.5, 3099.5, 4099.5, 5099.5 is (3099.5 + 4099.5) / 2
+    assert mlx["return_iqm"] == pytest.approx(3599.5) and mlx["return_mean"] == pytest.approx(3349.5)
+    assert 1099.5 <= mlx["return_iqm_low"] < 3599.5 < mlx["return_iqm_high"] <= 5099.5
+    # per-run median SPS: mlx 200*seed, torch 60*seed; medians over seeds 700 and 210
+    assert mlx["sps_ratio_vs_torch"] == pytest.approx(700 / 210)
+    assert 200 / 300 <= mlx["sps_ratio_low"] < 700 / 210 < mlx["sps_ratio_high"] <= 1000 / 60
+    assert math.isnan(torch["sps_ratio_low"]) and torch["return_iqm"] == pytest.approx(torch["return_mean"] + 250)
+    md = (tmp_path / "out" / "results.md").read_text()
+    iqm = f"3599.50 [{mlx['return_iqm_low']:.2f}, {mlx['return_iqm_high']:.2f}]"
+    ratio = f"3.33 [{mlx['sps_ratio_low']:.2f}, {mlx['sps_ratio_high']:.2f}]"
+    assert f"| 3349.50 ± 1479.02 | {iqm} | – | 700 | {ratio} |" in md
+    assert "stratified-bootstrap interval" in md and "ratio of their medians" in md and "![sps_ratio.png](sps_ratio.png)" in md
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert float(next(csv.DictReader(f))["return_iqm"]) == pytest.approx(3599.5)
+
+    monkeypatch.setitem(sys.modules, "rliable", None)  # as if not installed: the import fails
+    capsys.readouterr()
+    rows = report.write_report(tmp_path / "q", tmp_path / "plain")
+    assert all(math.isnan(r["return_iqm"]) and math.isnan(r["sps_ratio_low"]) for r in rows)
+    assert rows[0]["sps_ratio_vs_torch"] == pytest.approx(700 / 210)
+    assert capsys.readouterr().out.count("rliable is not installed") == 1
+    md = (tmp_path / "plain" / "results.md").read_text()
+    assert md.count("rliable is not installed") == 1 and "| 3349.50 ± 1479.02 | – | – | 700 | 3.33 |" in md
+    assert (tmp_path / "plain" / "sps_ratio.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ---------------------------------------------------------------- a real sweep, end to end
@@ -178,6 +223,7 @@ def test_report_on_a_real_ppo_sweep(tmp_path):
     sweep = "--scripts ppo --seeds 1 --total-timesteps 2048 --workers 2 --tag tiny".split()
     rc = bench_run.main([*sweep, "--runs-dir", str(tmp)])
     assert rc == 0
+    (layout,) = (tmp / "tiny").glob("events.out.tfevents.*.cleanrl_layout")  # the sweep's TensorBoard page
     rows = report.write_report(tmp / "tiny", tmp / "results")
 
     # the table's numbers are the logged scalars'
