@@ -261,6 +261,10 @@ def plot_curves(runs, script, env_id, path):
         mean, std = ys.mean(0), ys.std(0)
         ax.plot(grid, mean, label=f"{variant} ({len(curves)} seeds)")
         ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
+    pub = published_for(script, env_id)
+    if pub:  # CleanRL's final return (mean ± std over its seeds) at its budget
+        ax.axhline(pub.mean, color="black", linestyle="--", label=f"CleanRL at {pub.total_timesteps:,} steps")
+        ax.axhspan(pub.mean - pub.std, pub.mean + pub.std, color="black", alpha=0.08)
     ax.set(xlabel="global step", ylabel="episodic return", title=f"{script} on {env_id}")
     ax.legend()
     fig.tight_layout()

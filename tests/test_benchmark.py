@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from benchmark import docs, report
+from benchmark import docs, registry, report
 from benchmark import run as bench_run
 from benchmark.pairs import REPO
 from benchmark.report import read_scalars
@@ -389,3 +389,18 @@ def test_startup_line_parsing_stops_at_the_blas_name():
     line = "ppo_atari_multigpu_mlx.py: mlx 0.32.4, device cpu, BLAS openblas, rank 0/2"
     assert report.parse_log(line) == {"device": "cpu", "blas": "openblas"}
     assert report.parse_log("ppo_mlx.py: mlx 0.32.4, device gpu, BLAS accelerate\n")["blas"] == "accelerate"
+
+
+def test_curves_draw_cleanrl_published_return(tmp_path, monkeypatch):
+    """A curve plot of a (script, env) with a published return draws it as a line; one without draws none."""
+    import matplotlib.axes
+
+    lines = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda self, y, **kw: lines.append(y))
+    for script, env_id in (("ppo", "CartPole-v1"), ("ppo", "Pendulum-v1")):
+        runs = [
+            dict(script=script, env_id=env_id, returncode=0, variant=v, curve=[(0, 10.0), (100, 50.0)]) for v in ("mlx", "torch")
+        ]
+        report.plot_curves(runs, script, env_id, tmp_path / f"{env_id}.png")
+        assert (tmp_path / f"{env_id}.png").stat().st_size > 0
+    assert lines == [registry.published_for("ppo", "CartPole-v1").mean]
