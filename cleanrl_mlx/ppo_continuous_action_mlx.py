@@ -224,9 +224,18 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
+# Linux CPU backend: mx.tanh runs one element at a time; a fused rational: ppo +19%, ppo_continuous_action +7% SPS (issue 21)
+MATH = "rational tanh" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_FAST_MATH") != "0" else "mlx"
+
+
 @mx.custom_function
 def tanh(x):
-    return mx.tanh(x)
+    if MATH == "mlx" or x.size < 1024:  # MLX's kernel on Metal, CUDA, macOS, with the opt-out, and on a rollout step's rows
+        return mx.tanh(x)
+    x = mx.clip(x, -7.7, 7.7)  # a minimax rational on [-7.7, 7.7]: within 5e-7 of mx.tanh (tests/test_fast_math.py)
+    s = x * x
+    p = 0.99999933 + s * (0.127231029 + s * (2.70826048e-3 + s * (7.26358879e-6 - s * 6.34960691e-9)))
+    return x * p / (1 + s * (0.460561703 + s * (0.0228984184 + s * 1.98362619e-4)))
 
 
 @tanh.vjp
@@ -487,9 +496,10 @@ if __name__ == "__main__":
     args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
     device = mx.gpu if args.device == "gpu" else mx.cpu
     mx.set_default_device(device)
-    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    MATH = MATH if args.device == "cpu" else "mlx"  # the GPU backends' own kernels are fast
+    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, math {MATH}")
 
-    config = vars(args) | {"framework": "mlx", "blas": BLAS}
+    config = vars(args) | {"framework": "mlx", "blas": BLAS, "math": MATH}
     if args.track:
         import wandb
 

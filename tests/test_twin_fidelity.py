@@ -47,12 +47,12 @@ MAX_DIFF_LINES = {
     "ddpg": 201,
     "dqn": 115,
     "dqn_atari": 199,
-    "ppo": 161,
+    "ppo": 169,
     "ppo_atari": 242,
     "ppo_atari_envpool": 242,
     "ppo_atari_lstm": 307,
     "ppo_atari_multigpu": 285,
-    "ppo_continuous_action": 217,
+    "ppo_continuous_action": 225,
     "pqn": 138,
     "qrdqn": 128,
     "qrdqn_actor_learner": 129,
@@ -67,7 +67,8 @@ NO_ENV_LOOP = {"allo"}
 
 # Lines of each MLX script: a ratchet at the size reached (lower a number when a script shrinks, never raise
 # it without a reason in the commit). The torch twin may not be longer than its MLX script. The six resumable
-# scripts carry checkpoint/resume (issue 15): about 150-190 lines each.
+# scripts carry checkpoint/resume (issue 15): about 150-190 lines each. ppo and ppo_continuous_action carry the
+# rational tanh of Linux's CPU backend (issue 21): 10 lines each, 8 diff lines.
 MAX_LINES = {
     "a2c": 449,
     "allo": 529,
@@ -75,12 +76,12 @@ MAX_LINES = {
     "ddpg": 574,
     "dqn": 386,
     "dqn_atari": 700,
-    "ppo": 450,
+    "ppo": 460,
     "ppo_atari": 708,
     "ppo_atari_envpool": 667,
     "ppo_atari_lstm": 779,
     "ppo_atari_multigpu": 770,
-    "ppo_continuous_action": 674,
+    "ppo_continuous_action": 684,
     "pqn": 403,
     "qrdqn": 419,
     "qrdqn_actor_learner": 674,
