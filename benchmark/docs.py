@@ -45,7 +45,8 @@ def published(row) -> str:
     if not row["published_return"]:
         return "–"
     numbers = {k: float(row[k]) for k in ("published_return", "published_std")}
-    return published_cell(numbers | {k: int(float(row[k])) for k in ("published_steps", "total_timesteps")})
+    steps = {k: int(float(row[k])) for k in ("published_steps", "total_timesteps")}
+    return published_cell(numbers | steps | {"published_env": row.get("published_env", "")})  # older csvs lack the env
 
 
 def machine_cell(row) -> str:

@@ -21,6 +21,8 @@ class Published:
     std: float
     total_timesteps: int
     source: str
+    env_id: str = ""
+    """the env CleanRL measured on, where it is another version of ours (its MuJoCo figures are for v4, ours run v5)"""
 
 
 BENCH: dict[str, Bench] = {
@@ -69,6 +71,15 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     # (docs/rl-algorithms/{dqn,c51}.md, vwxyzjn/cleanrl@fe8d8a0): dqn.py / c51.py, 500k steps, 3 seeds.
     ("dqn", "CartPole-v1"): Published(488.69, 16.11, 500_000, "https://docs.cleanrl.dev/rl-algorithms/dqn/#experiment-results"),
     ("c51", "CartPole-v1"): Published(481.20, 20.53, 500_000, "https://docs.cleanrl.dev/rl-algorithms/c51/#experiment-results"),
+    # https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy (docs/benchmark/ppo_continuous_action.md,
+    # vwxyzjn/cleanrl@fe8d8a0, tag pr-424): ppo_continuous_action.py, 1M steps, 3 seeds, on the v4 MuJoCo envs; ours run
+    # v5 (the same robots; v5 fixed contact and reward details), so these are close references, not the same task.
+    ("ppo_continuous_action", "HalfCheetah-v5"): Published(
+        1442.64, 46.03, 1_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy", "HalfCheetah-v4"
+    ),
+    ("ppo_continuous_action", "Hopper-v5"): Published(
+        2382.86, 271.74, 1_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy", "Hopper-v4"
+    ),
     # https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results (same page): ppo_atari.py, 10M steps, 3 seeds.
     ("ppo_atari", "BreakoutNoFrameskip-v4"): Published(
         414.66, 28.09, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"

@@ -36,7 +36,7 @@ COLUMNS = [
     "return_mean", "return_std", "return_iqm", "return_iqm_low", "return_iqm_high",
     "sps_median", "sps_ratio_vs_torch", "sps_ratio_low", "sps_ratio_high", "wall_s_mean", "peak_rss_mb",
     "env_us", "inference_us", "update_us",
-    "published_return", "published_std", "published_steps", "failed_runs",
+    "published_return", "published_std", "published_steps", "published_env", "failed_runs",
 ]  # fmt: skip
 
 
@@ -124,6 +124,7 @@ def summarize(runs: list[dict]) -> list[dict]:
             "published_return": pub.mean if pub else "",
             "published_std": pub.std if pub else "",
             "published_steps": pub.total_timesteps if pub else "",
+            "published_env": pub.env_id if pub else "",
             "failed_runs": len(rs) - len(ok),
         }
         rows.append(row)
@@ -197,6 +198,8 @@ def published_cell(row) -> str:
     cell = f"{row['published_return']:.2f} ± {row['published_std']:.2f}"
     if row["total_timesteps"] != row["published_steps"]:
         cell += f" (at {row['published_steps']:,} steps)"
+    if row.get("published_env"):  # CleanRL's figure is for another version of the env
+        cell += f" on {row['published_env']}"
     return cell
 
 

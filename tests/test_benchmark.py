@@ -404,3 +404,11 @@ def test_curves_draw_cleanrl_published_return(tmp_path, monkeypatch):
         report.plot_curves(runs, script, env_id, tmp_path / f"{env_id}.png")
         assert (tmp_path / f"{env_id}.png").stat().st_size > 0
     assert lines == [registry.published_for("ppo", "CartPole-v1").mean]
+
+
+def test_published_cell_names_cleanrl_env_version_where_it_differs():
+    row = dict(published_return=1442.64, published_std=46.03, published_steps=1_000_000, total_timesteps=1_000_000)
+    assert report.published_cell(row | {"published_env": ""}) == "1442.64 ± 46.03"
+    assert report.published_cell(row | {"published_env": "HalfCheetah-v4"}) == "1442.64 ± 46.03 on HalfCheetah-v4"
+    pub = registry.published_for("ppo_continuous_action", "HalfCheetah-v5")
+    assert pub.env_id == "HalfCheetah-v4" and pub.total_timesteps == 1_000_000
