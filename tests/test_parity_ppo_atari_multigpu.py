@@ -7,7 +7,9 @@ minibatches computed in one process (and, without advantage normalisation, the g
 concatenated minibatch), in both twins, and the twins agree; a 2-rank run ends with exit code 0, one TensorBoard run
 written by rank 0 up to the budget, the same parameters on every rank and different data; a run stopped with Ctrl-C
 on the launcher checkpoints and resumes on 2 ranks; a rank that is SIGKILLed or raises ends the whole job within 60 s
-with a message that names it. With one rank the script is the single-process ppo_atari, step for step.
+with a message that names it. The MLX runs go through mlx.launch and, for the 2-rank run, a SIGKILLed rank and Ctrl-C,
+through the docs' mlx_ranks bash function too (taken from the page, so the two cannot drift apart). With one rank the
+script is the single-process ppo_atari, step for step.
 """
 
 import json
@@ -172,14 +174,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launcher(framework, program, *args) -> list[str]:
-    """The command that runs the python file `program` on 2 ranks on this machine, as the docs give it (the ring's
-    ports chosen free, so that two tests may launch at once)."""
-    if framework == "mlx":
+def mlx_ranks_function() -> str:
+    """The bash function mlx_ranks exactly as docs/ppo_atari_multigpu.md gives it."""
+    page = script_path(NAME, "mlx").parents[1] / "docs" / f"{NAME}.md"
+    found = re.findall(r"^mlx_ranks\(\) \(.*?^\)$", page.read_text(), flags=re.M | re.S)
+    assert len(found) == 1, f"{page} should define mlx_ranks once, found {len(found)}"
+    return found[0]
+
+
+def twin(launch: str) -> str:
+    return "torch" if launch == "torch" else "mlx"
+
+
+def launcher(launch, program, *args) -> list[str]:
+    """The command that runs the python file `program` on 2 ranks on this machine, as the docs give it: `launch` is mlx
+    (mlx.launch), mlx_ranks (the docs' bash function) or torch (torchrun); the ring's ports are chosen free, so that
+    two tests may launch at once."""
+    command = [sys.executable, str(program), *map(str, args)]
+    if launch == "mlx":
         mlx_launch = shutil.which("mlx.launch", path=Path(sys.executable).parent) or "mlx.launch"  # this python's launcher
-        return [mlx_launch, "-n", "2", "--starting-port", str(free_port()), "--", sys.executable, str(program), *map(str, args)]
+        return [mlx_launch, "-n", "2", "--starting-port", str(free_port()), "--", *command]
+    if launch == "mlx_ranks":
+        return ["bash", "-c", f"{mlx_ranks_function()}\nRING_PORT={free_port()} mlx_ranks 2 {shlex.join(command)}"]
     torchrun = [sys.executable, "-m", "torch.distributed.run"]  # what the torchrun command runs
-    return [*torchrun, "--standalone", "--nproc_per_node", "2", str(program), *map(str, args)]
+    return [*torchrun, "--standalone", "--nproc_per_node", "2", *command[1:]]
 
 
 def launch_env() -> dict:
@@ -266,7 +284,8 @@ def test_averaged_gradients_agree_across_frameworks(averaged_gradients):
 
 # ---------------------------------------------------------------- whole runs on 2 ranks
 
-DIGEST = re.compile(r"rank (\d) of (\d): last rollout sha256 (\w+), parameters sha256 (\w+)")
+# 16 hex digits each: ranks that share a pipe (mlx_ranks, torchrun) may write one line's newline after another's text
+DIGEST = re.compile(r"rank (\d) of (\d): last rollout sha256 ([0-9a-f]{16}), parameters sha256 ([0-9a-f]{16})")
 
 
 def digests(output: str) -> dict:
@@ -274,13 +293,13 @@ def digests(output: str) -> dict:
     return {int(r): (rollout, params) for r, size, rollout, params in DIGEST.findall(output)}
 
 
-@pytest.mark.parametrize("framework", ["mlx", "torch"])
-def test_two_rank_run(framework, tmp_path):
+@pytest.mark.parametrize("launch", ["mlx", "mlx_ranks", "torch"])
+def test_two_rank_run(launch, tmp_path):
     """Exit 0; one TensorBoard run (rank 0's) whose SPS steps count both ranks' steps up to the budget; after 8
     updates the same parameters on both ranks, but different rollouts; rank 0 alone saved and evaluated the model."""
     budget = 256  # 4 iterations of 2 ranks x 32 steps, 2 minibatches each: 8 averaged gradient steps
     flags = [*TINY, "--total-timesteps", budget, "--update-epochs", 1, "--save-model", "--eval-episodes", 1]
-    proc = run_launched(framework, script_path(NAME, framework), *flags, cwd=tmp_path)
+    proc = run_launched(launch, script_path(NAME, twin(launch)), *flags, cwd=tmp_path)
     check_ok(proc)
     (run_dir,) = run_dirs(tmp_path)
     scalars = read_scalars(run_dir)
@@ -344,24 +363,46 @@ def processes_in(cwd: Path) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("mode", ["kill", "raise"])
-@pytest.mark.parametrize("framework", ["mlx", "torch"])
-def test_a_failing_rank_ends_the_whole_job(framework, mode, tmp_path):
+@pytest.mark.parametrize(
+    "launch, mode", [(launch, mode) for launch in ("mlx", "torch") for mode in ("kill", "raise")] + [("mlx_ranks", "kill")]
+)
+def test_a_failing_rank_ends_the_whole_job(launch, mode, tmp_path):
     program = tmp_path / "fault.py"
     program.write_text(FAULT_PROGRAM)
     stamp = tmp_path / "fault_time"
     flags = [*TINY, "--total-timesteps", "100000"]  # far more than runs before the fault at rank 1's 40th env step
-    command = launcher(framework, program, mode, 40, stamp, script_path(NAME, framework), *flags)
-    if framework == "mlx":
+    command = launcher(launch, program, mode, 40, stamp, script_path(NAME, twin(launch)), *flags)
+    if launch == "mlx":
         command = ["bash", "-c", MLX_STATUS.format(launch=shlex.join(command))]
     proc = subprocess.run(command, cwd=tmp_path, env=launch_env(), capture_output=True, text=True, timeout=400)
     ended, out = time.time(), proc.stdout + proc.stderr
     assert stamp.exists(), f"the fault was never injected\n{out[-3000:]}"
     assert ended - float(stamp.read_text()) < 60, f"the job took {ended - float(stamp.read_text()):.0f} s to end"
     assert proc.returncode != 0, out[-3000:]
-    names_rank_1 = "Node with rank 1 " if framework == "mlx" else "rank      : 1 (local_rank: 1)"
-    assert names_rank_1 in out, out[-3000:]
+    names_rank_1 = {"mlx": "Node with rank 1 ", "mlx_ranks": "rank 1 exited with code ", "torch": "rank      : 1 (local_rank: 1)"}
+    assert names_rank_1[launch] in out, out[-3000:]
     assert not processes_in(tmp_path), "a rank is still running"
+
+
+def stop_with_ctrl_c(launch, cwd, flags, budget) -> tuple[int, str, Path]:
+    """2 ranks, and Ctrl-C (SIGINT to the launcher's process group, as a terminal sends it) once rank 0 wrote its first
+    checkpoint: no rank is left and the last checkpoint is before the budget. Returns the exit status, the output and
+    the run folder."""
+    cmd = launcher(launch, script_path(NAME, twin(launch)), *flags, "--total-timesteps", budget)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=launch_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while not list(cwd.glob("runs/*/checkpoints/step_*/state.json")):
+        assert proc.poll() is None and time.time() < deadline, "no first checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert not processes_in(cwd), "a rank is still running"
+    (run_dir,) = run_dirs(cwd)
+    stopped = json.loads(sorted(run_dir.glob("checkpoints/step_*/state.json"))[-1].read_text())["global_step"]
+    assert 64 <= stopped < budget, f"stopped at {stopped}\n{out[-3000:]}"
+    return proc.returncode, out, run_dir
 
 
 @pytest.mark.parametrize("framework", ["mlx", "torch"])
@@ -370,20 +411,7 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_and_the_run_resumes_on_two_rank
     stops after the same iteration and rank 0 checkpoints it; --resume on 2 ranks goes on to the budget in the same run
     folder with the same parameters on both ranks."""
     budget, flags = 256, [*TINY, "--checkpoint-every", "64"]
-    cmd = launcher(framework, script_path(NAME, framework), *flags, "--total-timesteps", budget)
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=launch_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = time.time() + 300
-    while not list(tmp_path.glob("runs/*/checkpoints/step_*/state.json")):
-        assert proc.poll() is None and time.time() < deadline, "no first checkpoint"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert not processes_in(tmp_path), "a rank is still running"
-    (run_dir,) = run_dirs(tmp_path)
-    stopped = json.loads(sorted(run_dir.glob("checkpoints/step_*/state.json"))[-1].read_text())["global_step"]
-    assert 64 <= stopped < budget, f"stopped at {stopped}"
+    _, _, run_dir = stop_with_ctrl_c(framework, tmp_path, flags, budget)
 
     time.sleep(1.1)  # tensorboardX names event files by the second: the resumed run's must not overwrite the first's
     resume = run_launched(
@@ -395,6 +423,14 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_and_the_run_resumes_on_two_rank
     assert final["global_step"] == budget and final["args"]["world_size"] == 2
     ranks = digests(resume.stdout)
     assert sorted(ranks) == [0, 1] and ranks[0][1] == ranks[1][1], resume.stdout[-3000:]
+
+
+def test_ctrl_c_under_mlx_ranks_stops_every_rank_after_the_same_iteration(tmp_path):
+    """The docs' mlx_ranks: Ctrl-C reaches each rank once, every rank stops after the same iteration (the same
+    parameters on both), rank 0 checkpoints it and the function returns 0."""
+    status, out, _ = stop_with_ctrl_c("mlx_ranks", tmp_path, [*TINY, "--checkpoint-every", "64"], 256)
+    ranks = digests(out)
+    assert status == 0 and sorted(ranks) == [0, 1] and ranks[0][1] == ranks[1][1], out[-3000:]
 
 
 def test_bad_launch_input():
