@@ -28,7 +28,10 @@ def load_results(results_dir: Path = RESULTS_DIR) -> list[dict]:
     for csv_path in sorted(Path(results_dir).glob("*/results.csv")):
         machine = json.loads((csv_path.parent / "machine.json").read_text())
         with open(csv_path) as f:
-            rows += [r | {"folder": csv_path.parent, "machine": machine} for r in csv.DictReader(f)]
+            new = [r | {"folder": csv_path.parent, "machine": machine} for r in csv.DictReader(f)]
+        if machine.get("returns_only"):  # runs that shared the machine: their SPS is no measurement
+            new = [r | {"sps_median": "", "sps_ratio_vs_torch": ""} for r in new]
+        rows += new
     return rows
 
 

@@ -391,7 +391,7 @@ def statistics_text(has_rliable: bool, reps: int) -> str:
     )
 
 
-def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS) -> list[dict]:
+def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, returns_only: bool = False) -> list[dict]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,6 +406,7 @@ def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS) -> 
         writer.writeheader()
         writer.writerows(rows)
     machine = machine_of(runs) | {"date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # newest wins in docs
+    machine["returns_only"] = returns_only  # the runs shared the machine: benchmark.docs shows no SPS from them
     (out_dir / "machine.json").write_text(json.dumps(machine, indent=1))
 
     images = []
@@ -432,6 +433,15 @@ def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS) -> 
         "",
         statistics_text(has_rliable, reps),
         "",
+        *(
+            [
+                "Returns only: these runs shared the machine with other work (long runs at low priority), so their SPS, "
+                "wall-time and µs columns are not speed measurements, and the docs show no SPS from them.",
+                "",
+            ]
+            if returns_only
+            else []
+        ),
         table_md(rows),
         "",
     ]
@@ -453,9 +463,10 @@ def main(argv=None):
     p.add_argument("--wandb-project-name", default="cleanrl-mlx")
     p.add_argument("--wandb-entity")
     p.add_argument("--bootstrap-reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replicates for the intervals")
+    p.add_argument("--returns-only", action="store_true", help="the runs shared the machine: report returns, not speed")
     opts = p.parse_args(argv)
     out_dir = opts.out or RESULTS_DIR / opts.sweep_dir.resolve().name
-    rows = write_report(opts.sweep_dir, out_dir, opts.bootstrap_reps)
+    rows = write_report(opts.sweep_dir, out_dir, opts.bootstrap_reps, opts.returns_only)
     print(table_md(rows))
     print(f"benchmark.report: wrote {out_dir}/results.md, results.csv and plots (then: python -m benchmark.docs)")
     if opts.track:

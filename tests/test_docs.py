@@ -1,6 +1,7 @@
 """The README, CONTRIBUTING.md and docs/: every relative link and image resolves inside the repository,
 every pair has a docs page and a README row, and the generated results blocks match benchmark/results."""
 
+import json
 import re
 from pathlib import Path
 
@@ -68,3 +69,18 @@ def test_headline_picks_the_largest_budget_with_both_twins():
     mlx, torch = docs.headline(rows, "x")
     assert (mlx["folder"].name, torch["folder"].name, mlx["variant"], torch["variant"]) == ("c", "c", "mlx", "torch")
     assert docs.headline(rows, "y") is None
+
+
+def test_a_returns_only_folder_gives_returns_but_no_sps(tmp_path):
+    """Runs that shared the machine (benchmark.report --returns-only) show their returns in the docs, never their SPS."""
+    for name, returns_only in (("quiet", False), ("shared", True)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "machine.json").write_text(json.dumps({"returns_only": returns_only}))
+        (tmp_path / name / "results.csv").write_text("script,return_mean,sps_median,sps_ratio_vs_torch\nppo,490.0,9000,2.0\n")
+    rows = {r["folder"].name: r for r in docs.load_results(tmp_path)}
+    assert (rows["quiet"]["sps_median"], rows["quiet"]["sps_ratio_vs_torch"]) == ("9000", "2.0")
+    assert (rows["shared"]["return_mean"], rows["shared"]["sps_median"], rows["shared"]["sps_ratio_vs_torch"]) == (
+        "490.0",
+        "",
+        "",
+    )
