@@ -64,15 +64,17 @@ def default_env_id(script_file: Path) -> str:
     return match.group(1)
 
 
-def variants(frameworks, mlx_blas) -> list[tuple[str, str, dict]]:
+def variants(frameworks, mlx_blas, mlx_fast_math=("on",)) -> list[tuple[str, str, dict]]:
     """(framework, label, env overrides) for each process kind, MLX and torch alternating."""
     out = []
     for fw in frameworks:
         if fw == "mlx":
             for blas in mlx_blas:
-                label = "mlx" if blas == "openblas" else f"mlx-{blas}"
-                # "openblas" is the scripts' default: make sure no inherited opt-out changes it
-                out.append((fw, label, {"CLEANRL_MLX_BLAS": "bundled" if blas == "bundled" else None}))
+                for fast in mlx_fast_math:
+                    label = ("mlx" if blas == "openblas" else f"mlx-{blas}") + ("" if fast == "on" else "-nofastmath")
+                    # "openblas" and fast math are the scripts' defaults: make sure no inherited opt-out changes them
+                    env = {"CLEANRL_MLX_BLAS": "bundled" if blas == "bundled" else None}
+                    out.append((fw, label, env | {"CLEANRL_MLX_FAST_MATH": None if fast == "on" else "0"}))
         else:
             out.append((fw, fw, {}))
     return out
@@ -102,7 +104,7 @@ def expand(opts, dirs) -> list[RunSpec]:
         steps = opts.total_timesteps or (bench.total_timesteps if bench else None)
         for env_id in env_ids_for(script, opts.env_ids, dirs):
             for seed in opts.seeds:
-                for fw, label, env in variants(opts.frameworks, opts.mlx_blas):
+                for fw, label, env in variants(opts.frameworks, opts.mlx_blas, opts.mlx_fast_math):
                     args = ["--env-id", env_id, "--seed", str(seed)]
                     args += ["--total-timesteps", str(steps)] if steps else []
                     args += list(bench.extra_args) if bench else []
@@ -205,6 +207,10 @@ def parse(argv):
     p.add_argument("--total-timesteps", type=int, help="budget per run (default: the registry's, else the script's)")
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
     p.add_argument("--mlx-blas", nargs="+", default=["openblas"], help="BLAS variants of the MLX runs: openblas, bundled")
+    p.add_argument(
+        "--mlx-fast-math", nargs="+", default=["on"], choices=["on", "off"],
+        help="MLX runs with the scripts' fused kernels on Linux's CPU backend (on) and/or without (off: CLEANRL_MLX_FAST_MATH=0)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
     p.add_argument("--track", action="store_true", help="pass --track to every script (W&B, grouped by algo/env)")
     p.add_argument("--wandb-project-name", help="with --track: the W&B project (default: the scripts' own, cleanrl-mlx)")

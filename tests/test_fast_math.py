@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmark import run as bench_run
 from benchmark.micro import fast_math
 from benchmark.pairs import script_path
 from tests.helpers import check_ok, load_script, run_script
@@ -95,11 +96,8 @@ def test_startup_line_and_config_name_the_kernels(tmp_path, opt_out, math):
 
 
 def test_sweep_adds_an_opt_out_run_next_to_each_mlx_run():
-    variants = fast_math.with_opt_out_variant(
-        lambda fws, blas: [("mlx", "mlx", {"CLEANRL_MLX_BLAS": None}), ("torch", "torch", {})]
-    )
-    assert variants(["mlx", "torch"], ["openblas"]) == [
+    assert bench_run.variants(["mlx", "torch"], ["openblas"], ["on", "off"]) == [
         ("mlx", "mlx", {"CLEANRL_MLX_BLAS": None, "CLEANRL_MLX_FAST_MATH": None}),
         ("mlx", "mlx-nofastmath", {"CLEANRL_MLX_BLAS": None, "CLEANRL_MLX_FAST_MATH": "0"}),
-        ("torch", "torch", {"CLEANRL_MLX_FAST_MATH": None}),
+        ("torch", "torch", {}),
     ]

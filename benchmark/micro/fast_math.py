@@ -3,7 +3,7 @@ replacements, the replacements' largest errors, and each candidate script's comp
 with a replacement and with MLX's kernels, interleaved call by call.
 
     OMP_NUM_THREADS=1 python -m benchmark.micro.fast_math [--repeats 300] [--out benchmark/results/micro-fast-math]
-    python -m benchmark.micro.fast_math sweep --scripts ppo --total-timesteps 100000 --seeds 1 --tag issue21-ppo
+    python -m benchmark.run --scripts ppo --mlx-fast-math on off --total-timesteps 100000 --seeds 1 --tag issue21-ppo
 
 The replacements: the rational tanh that ppo and ppo_continuous_action use (CLEANRL_MLX_FAST_MATH=0 turns it off),
 and, measured here only, the same tanh in a2c and sac's actor and a fused fast-exp softmax in c51 (kept in no script:
@@ -14,7 +14,6 @@ benchmark.report benchmark/runs/<tag>` then shows the three side by side.
 
 import argparse
 import os
-import sys
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark import run as bench_run
 from benchmark.machine import describe, machine_info
 from benchmark.micro.update_step import measure
 from benchmark.pairs import RESULTS_DIR, load_script
@@ -364,26 +362,5 @@ def main_micro(argv=None):
     return lines
 
 
-def with_opt_out_variant(variants):
-    """The runner's variants plus, after each MLX one, the same with CLEANRL_MLX_FAST_MATH=0 (label -nofastmath)."""
-
-    def wrapped(frameworks, mlx_blas):
-        out = []
-        for fw, label, env in variants(frameworks, mlx_blas):
-            out.append((fw, label, env | {OPT_OUT: None}))
-            if fw == "mlx":
-                out.append((fw, f"{label}-nofastmath", env | {OPT_OUT: "0"}))
-        return out
-
-    return wrapped
-
-
-def main_sweep(argv):
-    bench_run.variants = with_opt_out_variant(bench_run.variants)
-    return bench_run.main(argv)
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["sweep"]:
-        sys.exit(main_sweep(sys.argv[2:]))
     main_micro()
