@@ -1,6 +1,9 @@
 """Micro-benchmark: the MLX CPU costs that bound the single-env value-based scripts, next to numpy/torch.
 
 - the fixed cost of one `mx.eval` and the added cost per op (a chain of k dependent matmuls, batch 1);
+- that fixed cost after 60 us of host work between calls (an env step's worth), with MLX's CPU stream thread free to
+  run on another core and (Linux) with every thread of the process pinned to one core: each `mx.eval` hands its work
+  to the stream thread and waits for it, and waking a thread on an idle core is slow in a VM;
 - `exp` (and the softmax C51 takes over 128 x 2 x 101 logits) per element;
 - gather and scatter-add per element (C51's projection scatters 2 x 128 x 101 values);
 - one greedy action of dqn's Q-network (4-120-84-2) in MLX (compiled) and in torch (eager).
@@ -9,6 +12,7 @@ Usage: OMP_NUM_THREADS=1 python -m benchmark.micro.mlx_cpu_ops [--calls 2000]
 """
 
 import argparse
+import os
 import time
 from functools import partial
 
@@ -50,6 +54,26 @@ def main(argv=None):
         chain = mx.compile(partial(matmul_chain, k=k))
         us = us_per_call(lambda c=chain: mx.eval(c(x)), opts.calls)
         rows.append((f"mx.eval of {k} chained 1x120 @ 120x120 matmuls (compiled)", us, "us per call"))
+
+    add_one = mx.compile(lambda x: x + 1)
+
+    def after_host_work(seconds=60e-6):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:  # stands in for an env step between two actions
+            pass
+        mx.eval(add_one(x))
+
+    pinned = [False, True] if hasattr(os, "sched_setaffinity") else [False]
+    affinity = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")} if pinned[-1] else {}
+    for pin in pinned:
+        for tid in affinity:  # every thread of the process, MLX's stream thread included
+            os.sched_setaffinity(tid, {min(affinity[tid])} if pin else affinity[tid])
+        where = "all threads on one core" if pin else "threads free to move"
+        rows.append(
+            (f"mx.eval of x + 1, back to back ({where})", us_per_call(lambda: mx.eval(add_one(x)), opts.calls), "us per call")
+        )
+        after = us_per_call(after_host_work, opts.calls) - 60  # the host work itself is not the eval's cost
+        rows.append((f"mx.eval of x + 1 after 60 us of host work ({where})", after, "us per call"))
 
     big = mx.random.normal((1 << 20,))
     big_np = np.array(big)
