@@ -310,6 +310,7 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
+        wandb.tensorboard.patch(root_logdir=f"runs/{run_name}")  # named here, W&B does not spend 10 s at exit inferring it
         wandb.init(
             project=args.wandb_project_name,
             entity=args.wandb_entity,

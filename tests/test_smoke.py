@@ -101,6 +101,8 @@ def test_same_seed_same_run_tracked_recorded_evaluated(name, framework, tmp_path
     env_id = SMOKE[name][SMOKE[name].index("--env-id") + 1] if "--env-id" in SMOKE[name] else "BreakoutNoFrameskip-v4"
     assert b"charts/SPS" in data and b"framework" in data and framework.encode() in data
     assert f"{script(name)}__{env_id}".encode() in data, "the W&B group is {algo}__{env_id}"
+    # the TensorBoard folder is named to W&B (wandb.tensorboard.patch): otherwise it waits 10 s at exit to infer it
+    assert b"no root directory" not in (offline_run / "logs" / "debug-internal.log").read_bytes()
 
 
 def check_obs_rms_saved(run_dir):
