@@ -49,7 +49,8 @@ def published(row) -> str:
         return "–"
     numbers = {k: float(row[k]) for k in ("published_return", "published_std")}
     steps = {k: int(float(row[k])) for k in ("published_steps", "total_timesteps")}
-    return published_cell(numbers | steps | {"published_env": row.get("published_env", "")})  # older csvs lack the env
+    named = {k: row.get(k, "") for k in ("published_env", "published_by")}  # older csvs lack them
+    return published_cell(numbers | steps | named)
 
 
 def machine_cell(row) -> str:

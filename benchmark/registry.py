@@ -23,6 +23,8 @@ class Published:
     source: str
     env_id: str = ""
     """the env CleanRL measured on, where it is another version of ours (its MuJoCo figures are for v4, ours run v5)"""
+    by: str = ""
+    """who published it, where it is not CleanRL (the pairs CleanRL lacks: a2c, qrdqn)"""
 
 
 BENCH: dict[str, Bench] = {
@@ -51,7 +53,8 @@ BENCH: dict[str, Bench] = {
     "dqn_atari": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
 }
 
-# CleanRL's published final returns (mean ± std over seeds), keyed by (script, env_id).
+# CleanRL's published final returns (mean ± std over seeds), keyed by (script, env_id); for the pairs CleanRL lacks,
+# the reference their defaults come from.
 PUBLISHED: dict[tuple[str, str], Published] = {
     # https://docs.cleanrl.dev/rl-algorithms/pqn/#experiment-results (docs/rl-algorithms/pqn.md, vwxyzjn/cleanrl@fe8d8a0,
     # measured after the Q(lambda) masking fix of PR #494): pqn.py, 500k steps (benchmark/pqn.sh), 3 seeds.
@@ -79,6 +82,15 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ),
     ("ppo_continuous_action", "Hopper-v5"): Published(
         2382.86, 271.74, 1_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy", "Hopper-v4"
+    ),
+    # rl-baselines3-zoo's benchmark.md (DLR-RM/rl-baselines3-zoo, "Performance of trained agents"), the budgets our a2c
+    # and qrdqn defaults take: ONE trained agent, evaluated deterministically over 300 episodes (the std is over
+    # episodes, not seeds), where ours average the last 100 training episodes, actions sampled / epsilon-greedy.
+    ("a2c", "CartPole-v1"): Published(
+        500.00, 0.00, 500_000, "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md", by="rl-zoo, 1 agent"
+    ),
+    ("qrdqn", "CartPole-v1"): Published(
+        500.00, 0.00, 50_000, "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md", by="rl-zoo, 1 agent"
     ),
     # https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results (same page): ppo_atari.py, 10M steps, 3 seeds.
     ("ppo_atari", "BreakoutNoFrameskip-v4"): Published(

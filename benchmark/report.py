@@ -36,7 +36,7 @@ COLUMNS = [
     "return_mean", "return_std", "return_iqm", "return_iqm_low", "return_iqm_high",
     "sps_median", "sps_ratio_vs_torch", "sps_ratio_low", "sps_ratio_high", "wall_s_mean", "peak_rss_mb",
     "env_us", "inference_us", "update_us",
-    "published_return", "published_std", "published_steps", "published_env", "failed_runs",
+    "published_return", "published_std", "published_steps", "published_env", "published_by", "failed_runs",
 ]  # fmt: skip
 
 
@@ -125,6 +125,7 @@ def summarize(runs: list[dict]) -> list[dict]:
             "published_std": pub.std if pub else "",
             "published_steps": pub.total_timesteps if pub else "",
             "published_env": pub.env_id if pub else "",
+            "published_by": pub.by if pub else "",
             "failed_runs": len(rs) - len(ok),
         }
         rows.append(row)
@@ -200,6 +201,8 @@ def published_cell(row) -> str:
         cell += f" (at {row['published_steps']:,} steps)"
     if row.get("published_env"):  # CleanRL's figure is for another version of the env
         cell += f" on {row['published_env']}"
+    if row.get("published_by"):  # not CleanRL's: the reference the pair's defaults come from
+        cell += f" ({row['published_by']})"
     return cell
 
 
@@ -266,7 +269,7 @@ def plot_curves(runs, script, env_id, path):
         ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
     pub = published_for(script, env_id)
     if pub:  # CleanRL's final return (mean ± std over its seeds) at its budget
-        ax.axhline(pub.mean, color="black", linestyle="--", label=f"CleanRL at {pub.total_timesteps:,} steps")
+        ax.axhline(pub.mean, color="black", linestyle="--", label=f"{pub.by or 'CleanRL'} at {pub.total_timesteps:,} steps")
         ax.axhspan(pub.mean - pub.std, pub.mean + pub.std, color="black", alpha=0.08)
     ax.set(xlabel="global step", ylabel="episodic return", title=f"{script} on {env_id}")
     ax.legend()

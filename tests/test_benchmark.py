@@ -414,3 +414,11 @@ def test_published_cell_names_cleanrl_env_version_where_it_differs():
     assert report.published_cell(row | {"published_env": "HalfCheetah-v4"}) == "1442.64 ± 46.03 on HalfCheetah-v4"
     pub = registry.published_for("ppo_continuous_action", "HalfCheetah-v5")
     assert pub.env_id == "HalfCheetah-v4" and pub.total_timesteps == 1_000_000
+
+
+def test_published_cell_names_a_reference_that_is_not_cleanrls():
+    """a2c and qrdqn have no CleanRL script: their reference is rl-zoo's one trained agent, and the cell says so."""
+    row = dict(published_return=500.0, published_std=0.0, published_steps=50_000, total_timesteps=50_000)
+    assert report.published_cell(row | {"published_by": "rl-zoo, 1 agent"}) == "500.00 ± 0.00 (rl-zoo, 1 agent)"
+    assert {registry.published_for(s, "CartPole-v1").by for s in ("a2c", "qrdqn")} == {"rl-zoo, 1 agent"}
+    assert all(not registry.published_for(s, "CartPole-v1").by for s in ("ppo", "dqn", "c51", "pqn"))
