@@ -448,6 +448,13 @@ def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, ret
         table_md(rows),
         "",
     ]
+    md += ["## Runs", "", "One row per run: the budget it reached and its last-100-episode return.", ""]
+    md += ["| script | env | variant | seed | steps | return (last 100 ep.) | wall (s) |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (r["script"], r["env_id"], variant_order(r["variant"]), r["seed"])):
+        steps, ret = (fmt(r.get(k, ""), spec) for k, spec in (("steps", ","), ("final_return", ".2f")))
+        wall = fmt(r["wall_s"], ".0f") if r["returncode"] == 0 else f"failed ({r['returncode']})"
+        md.append(f"| {r['script']} | {r['env_id']} | {r['variant']} | {r['seed']} | {steps} | {ret} | {wall} |")
+    md.append("")
     failed = [r for r in runs if r["returncode"] != 0]
     if failed:
         md += ["## Failed runs", ""]

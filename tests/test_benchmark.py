@@ -173,6 +173,16 @@ def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp
     assert "## Failed runs" in md and "boom: the fake mlx script failed on purpose" in md
     assert "| fake | FakeEnv-v0 | mlx | openblas | 1 | 1,000 | 1106.50 ± 0.00 | – | – | 200 | 2.22 |" in md  # no IQM: 1 seed
     assert f"| {torch['peak_rss_mb']:.0f} | 10.0 | 40.0 | 30.0 |" in md
+    # one row per run, the failed one included: seed, budget reached, its own last-100 return
+    runs = md.split("## Runs")[1].split("## Failed runs")[0]
+    assert (
+        "| fake | FakeEnv-v0 | mlx | 1 | 1,000 | 1106.50 |" in runs
+        and "| fake | FakeEnv-v0 | mlx | 2 | – | – | failed (3) |" in runs
+    )
+    assert (
+        "| fake | FakeEnv-v0 | torch | 1 | 1,000 | 1106.50 |" in runs
+        and "| fake | FakeEnv-v0 | torch | 2 | 1,000 | 2106.50 |" in runs
+    )
 
 
 def test_iqm_and_sps_ratio_intervals_for_three_or_more_seeds(fake_dirs, tmp_path, monkeypatch, capsys):
