@@ -84,3 +84,28 @@ def test_a_returns_only_folder_gives_returns_but_no_sps(tmp_path):
         "",
         "",
     )
+
+
+def test_headline_takes_the_speed_of_a_returns_only_row_from_a_quiet_run_on_the_same_machine(tmp_path):
+    """The README's return comes from the largest run; when that folder shared the machine (no SPS), the MLX/torch
+    ratio comes from the largest quiet run of the pair on the same CPU, cores and kernel, with a link to it, or is
+    blank: never a ratio measured on another machine."""
+    here, elsewhere = {"cpu": "C", "cores": 2, "os": "k1"}, {"cpu": "C", "cores": 2, "os": "k0"}
+    rows = []
+    for folder, steps, machine, ratio in (
+        ("long", 500, here | {"returns_only": True}, ""),
+        ("quiet", 100, here, "1.80"),
+        ("old", 300, elsewhere, "2.40"),
+    ):
+        for v in ("mlx", "torch"):
+            rows.append(
+                {"script": "x", "env_id": "E", "variant": v, "total_timesteps": str(steps), "folder": tmp_path / folder}
+                | {"machine": machine, "return_mean": "490", "sps_ratio_vs_torch": ratio if v == "mlx" else ""}
+                | dict.fromkeys(("published_return", "published_std", "published_steps"), "")
+            )
+    (row,) = [line for line in docs.readme_block(rows, ["x"], tmp_path).splitlines() if line.startswith("| [x]")]
+    assert "| 500 | 490.0 | 490.0 |" in row and "| 1.80 ([E, 100 steps](" in row and "quiet/results.md)) |" in row
+    assert "2.40" not in row
+    without_quiet = [r for r in rows if r["folder"].name != "quiet"]
+    (row,) = [line for line in docs.readme_block(without_quiet, ["x"], tmp_path).splitlines() if line.startswith("| [x]")]
+    assert "| – |" in row and "2.40" not in row
