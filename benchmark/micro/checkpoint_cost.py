@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.machine import describe, machine_info, peak_rss_mb
+from benchmark.micro.update_step import write_results_md
 from benchmark.pairs import REPO, RESULTS_DIR, load_script
 
 
@@ -105,9 +106,7 @@ def main(argv=None):
             f"| {r['case']} | {r['state_mb']:.1f} | {r['write_s']:.3f} | {r['load_s']:.3f} | {r['size_mb']:.1f} | "
             f"{r['extra_mb']:.0f} |"
         )
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / "results.md").write_text("\n".join(lines) + "\n")
-    print(f"benchmark.micro.checkpoint_cost: wrote {opts.out / 'results.md'}")
+    write_results_md(opts.out, lines, "checkpoint_cost")
     return rows
 
 

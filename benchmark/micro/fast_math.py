@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.machine import describe, machine_info
-from benchmark.micro.update_step import measure
+from benchmark.micro.update_step import measure, spread, write_results_md
 from benchmark.pairs import RESULTS_DIR, load_script
 
 OPT_OUT = "CLEANRL_MLX_FAST_MATH"
@@ -352,13 +352,11 @@ def main_micro(argv=None):
     per_script |= {"c51": c51_cases(softmax), "sac": sac_cases(ppo.tanh)}
     for name, cases in per_script.items():
         for call, res in measure(cases, opts.repeats, opts.warmup).items():
-            cell = {v: f"{r[0]:.0f} ({r[1]:.0f}–{r[2]:.0f})" for v, r in res.items()}
+            cell = {v: spread(r, ".0f") for v, r in res.items()}
             saved = 1 - res["fast"][0] / res["mlx"][0]
             lines.append(f"| {name} | {call} | {cell['fast']} | {cell['mlx']} | {saved:.0%} |")
             print(lines[-1], flush=True)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / "results.md").write_text("\n".join(lines) + "\n")
-    print(f"benchmark.micro.fast_math: wrote {opts.out / 'results.md'}")
+    write_results_md(opts.out, lines, "fast_math")
     return lines
 
 

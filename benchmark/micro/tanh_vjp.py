@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.machine import describe, machine_info
-from benchmark.micro.update_step import measure
+from benchmark.micro.update_step import measure, spread, write_results_md
 from benchmark.pairs import RESULTS_DIR, load_script
 
 # script: (Agent arguments, minibatch rows, whether train_step takes minibatch indices, loss coefficients)
@@ -87,12 +87,10 @@ def main(argv=None):
         drift = max(float(m.mx.abs(wa[k] - wb[k]).max()) for k in wa)
         res = measure({name: {v: f for v, (f, _) in fns.items()}}, opts.repeats, opts.warmup)[name]
         a, b = res["built-in tanh"][0], res["custom-vjp tanh"][0]
-        cell = {v: f"{r[0]:.0f} ({r[1]:.0f}–{r[2]:.0f})" for v, r in res.items()}
+        cell = {v: spread(r, ".0f") for v, r in res.items()}
         lines.append(f"| {name} | {cell['built-in tanh']} | {cell['custom-vjp tanh']} | {1 - b / a:.0%} | {drift:.1e} |")
         print(lines[-1])
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / "results.md").write_text("\n".join(lines) + "\n")
-    print(f"benchmark.micro.tanh_vjp: wrote {opts.out / 'results.md'}")
+    write_results_md(opts.out, lines, "tanh_vjp")
     return lines
 
 

@@ -204,6 +204,18 @@ def measure(cases: dict, repeats: int, warmup: int) -> dict:
     return out
 
 
+def spread(r: tuple, spec: str = ".1f") -> str:
+    """A measure() result as 'median (25th–75th percentile)'."""
+    return f"{r[0]:{spec}} ({r[1]:{spec}}–{r[2]:{spec}})"
+
+
+def write_results_md(out_dir: Path, lines: list, module: str) -> None:
+    """A micro-benchmark's table as out_dir/results.md, and say where it went."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    print(f"benchmark.micro.{module}: wrote {out_dir / 'results.md'}")
+
+
 def write(results: dict, script: str, what: str, header: str, out_dir: Path) -> None:
     import matplotlib
 
@@ -232,7 +244,7 @@ def write(results: dict, script: str, what: str, header: str, out_dir: Path) -> 
         "|---|" + "---|" * (len(VARIANTS) + 1),
     ]
     for case, by_v in results.items():
-        cells = [f"{by_v[v][0]:.1f} ({by_v[v][1]:.1f}–{by_v[v][2]:.1f})" for v in VARIANTS]
+        cells = [spread(by_v[v]) for v in VARIANTS]
         lines.append(f"| {case} | " + " | ".join(cells) + f" | {by_v['torch'][0] / by_v['mlx compiled'][0]:.2f} |")
     lines += ["", f"![{script}]({script}.png)", ""]
     (out_dir / f"{script}.md").write_text("\n".join(lines))
