@@ -361,6 +361,7 @@ def test_micro_mlx_cpu_reports_every_cost():
     from benchmark.micro import mlx_cpu_ops as micro_mlx_cpu
 
     threads = torch.get_num_threads()
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         rows = micro_mlx_cpu.main(["--calls", "40"])
     finally:
@@ -369,6 +370,7 @@ def test_micro_mlx_cpu_reports_every_cost():
     assert any("mx.exp" == n for n in names) and any("scatter-add" in n for n in names)
     assert any("torch eager" in n for n in names) and len(names) == 11 + (4 if hasattr(os, "sched_setaffinity") else 2)
     assert sum("all threads on one core" in n for n in names) == (2 if hasattr(os, "sched_setaffinity") else 0)
+    assert cores is None or os.sched_getaffinity(0) == cores, "the pinned rows must leave the process as it was"
     assert all(value > 0 for _, value, _ in rows)
 
 

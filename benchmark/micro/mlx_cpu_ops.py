@@ -63,17 +63,21 @@ def main(argv=None):
             pass
         mx.eval(add_one(x))
 
-    pinned = [False, True] if hasattr(os, "sched_setaffinity") else [False]
-    affinity = {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")} if pinned[-1] else {}
-    for pin in pinned:
-        for tid in affinity:  # every thread of the process, MLX's stream thread included
-            os.sched_setaffinity(tid, {min(affinity[tid])} if pin else affinity[tid])
-        where = "all threads on one core" if pin else "threads free to move"
+    threads = [int(t) for t in os.listdir("/proc/self/task")] if hasattr(os, "sched_setaffinity") else []  # Linux
+    free = {t: os.sched_getaffinity(t) for t in threads}  # every thread of the process, MLX's stream thread included
+    placements = [("threads free to move", None)] + (
+        [("all threads on one core", {min(os.sched_getaffinity(0))})] if threads else []
+    )
+    for where, cores in placements:
+        for t in threads:
+            os.sched_setaffinity(t, cores or free[t])
         rows.append(
             (f"mx.eval of x + 1, back to back ({where})", us_per_call(lambda: mx.eval(add_one(x)), opts.calls), "us per call")
         )
         after = us_per_call(after_host_work, opts.calls) - 60  # the host work itself is not the eval's cost
         rows.append((f"mx.eval of x + 1 after 60 us of host work ({where})", after, "us per call"))
+    for t in threads:  # the rows below run as the scripts do
+        os.sched_setaffinity(t, free[t])
 
     big = mx.random.normal((1 << 20,))
     big_np = np.array(big)
