@@ -97,17 +97,18 @@ def readme_block(rows, pairs, page_dir: Path = REPO) -> str:
         mlx, torch = pick
         folder = link(mlx["folder"], page_dir)
         sps = number(mlx["sps_ratio_vs_torch"], ".2f")
-        # the returns came from runs that shared the machine: the speed from the largest run measured on the same
-        # machine (same CPU, cores and kernel build) while it was quiet
-        same = ("cpu", "cores", "os")
-        quiet = [
-            r
-            for r in rows
-            if not r["machine"].get("returns_only") and all(r["machine"].get(k) == mlx["machine"].get(k) for k in same)
-        ]
-        if mlx["machine"].get("returns_only") and (fast := headline(quiet, script)):
-            where = f"{fast[0]['env_id']}, {number(fast[0]['total_timesteps'], ',.0f')} steps"
-            sps = f"{number(fast[0]['sps_ratio_vs_torch'], '.2f')} ([{where}]({link(fast[0]['folder'], page_dir)}/results.md))"
+        if mlx["machine"].get("returns_only"):  # runs that shared the machine: the speed from the largest quiet run
+            same = ("cpu", "cores", "os")  # on the same machine (CPU, cores, kernel build), or none
+            quiet = [
+                r
+                for r in rows
+                if not r["machine"].get("returns_only") and all(r["machine"].get(k) == mlx["machine"].get(k) for k in same)
+            ]
+            if fast := headline(quiet, script):
+                where = f"{fast[0]['env_id']}, {number(fast[0]['total_timesteps'], ',.0f')} steps"
+                sps = (
+                    f"{number(fast[0]['sps_ratio_vs_torch'], '.2f')} ([{where}]({link(fast[0]['folder'], page_dir)}/results.md))"
+                )
         lines.append(
             f"| [{script}]({doc}) | {mlx['env_id']} | {number(mlx['total_timesteps'], ',.0f')} | "
             f"{number(mlx['return_mean'], '.1f')} | {number(torch['return_mean'], '.1f')} | {published(mlx)} | "
