@@ -224,11 +224,11 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
     # (l == u) handles the case where b is exactly an integer: all the mass goes to l
     d_m_l = (u + (l == u) - b) * next_pmfs
     d_m_u = (b - l) * next_pmfs
-    # one scatter-add over the flattened batch for both neighbours (repeated indices accumulate)
-    offset = n_atoms * mx.arange(next_pmfs.shape[0])[:, None]
-    index = mx.concatenate([(l.astype(mx.int32) + offset).reshape(-1), (u.astype(mx.int32) + offset).reshape(-1)])
-    target_pmfs = mx.zeros(next_pmfs.size).at[index].add(mx.concatenate([d_m_l.reshape(-1), d_m_u.reshape(-1)]))
-    return mx.stop_gradient(target_pmfs.reshape(next_pmfs.shape))
+    # each row's two neighbours in one scatter-add (repeated indices accumulate)
+    index, mass = mx.concatenate([l, u], axis=1).astype(mx.int32), mx.concatenate([d_m_l, d_m_u], axis=1)
+    # MLX lacks a scatter-add along an axis; take_along_axis's gradient is one, 7x faster than `.at[].add` (micro/mlx_cpu_ops)
+    _, (target_pmfs,) = mx.vjp(lambda p: mx.take_along_axis(p, index, axis=1), [mx.zeros_like(next_pmfs)], [mass])
+    return mx.stop_gradient(target_pmfs)
 
 
 def c51_loss(q_network, obs, actions, target_pmfs):

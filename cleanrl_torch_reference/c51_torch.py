@@ -203,12 +203,9 @@ def categorical_projection(next_pmfs, rewards, dones, atoms, gamma, v_min, v_max
     # (l == u) handles the case where b is exactly an integer: all the mass goes to l
     d_m_l = (u + (l == u).float() - b) * next_pmfs
     d_m_u = (b - l) * next_pmfs
-    # one scatter-add over the flattened batch for both neighbours (repeated indices accumulate)
-    offset = n_atoms * torch.arange(next_pmfs.shape[0], device=next_pmfs.device)[:, None]
-    index = torch.cat([(l.long() + offset).view(-1), (u.long() + offset).view(-1)])
-    target_pmfs = torch.zeros(next_pmfs.numel(), device=next_pmfs.device)
-    target_pmfs.index_add_(0, index, torch.cat([d_m_l.view(-1), d_m_u.view(-1)]))
-    return target_pmfs.view(next_pmfs.shape)
+    # each row's two neighbours in one scatter-add (repeated indices accumulate)
+    index, mass = torch.cat([l, u], dim=1).long(), torch.cat([d_m_l, d_m_u], dim=1)
+    return torch.zeros_like(next_pmfs).scatter_add_(1, index, mass)
 
 
 def c51_loss(q_network, obs, actions, target_pmfs):

@@ -368,7 +368,7 @@ def test_micro_mlx_cpu_reports_every_cost():
         torch.set_num_threads(threads)
     names = [name for name, _, _ in rows]
     assert any("mx.exp" == n for n in names) and any("scatter-add" in n for n in names)
-    assert any("torch eager" in n for n in names) and len(names) == 11 + (4 if hasattr(os, "sched_setaffinity") else 2)
+    assert any("torch eager" in n for n in names) and len(names) == 13 + (4 if hasattr(os, "sched_setaffinity") else 2)
     assert sum("all threads on one core" in n for n in names) == (2 if hasattr(os, "sched_setaffinity") else 0)
     assert cores is None or os.sched_getaffinity(0) == cores, "the pinned rows must leave the process as it was"
     assert all(value > 0 for _, value, _ in rows)

@@ -5,7 +5,8 @@
   run on another core and (Linux) with every thread of the process pinned to one core: each `mx.eval` hands its work
   to the stream thread and waits for it, and waking a thread on an idle core is slow in a VM;
 - `exp` (and the softmax C51 takes over 128 x 2 x 101 logits) per element;
-- gather and scatter-add per element (C51's projection scatters 2 x 128 x 101 values);
+- gather per element, and C51's projection (128 rows, each adding 2 x 101 values into its 101 atoms) as a flattened
+  `.at[].add`, as take_along_axis's gradient (a scatter-add along an axis) and in torch;
 - one greedy action of dqn's Q-network (4-120-84-2) in MLX (compiled) and in torch (eager).
 
 Usage: OMP_NUM_THREADS=1 python -m benchmark.micro.mlx_cpu_ops [--calls 2000]
@@ -100,12 +101,33 @@ def main(argv=None):
     idx, vals = mx.array(np.random.default_rng(0).integers(0, m // 2, m).astype(np.int32)), mx.random.uniform(shape=(m,))
     mx.eval(idx, vals)
     rows.append(("gather v[idx]", 1e3 * us_per_call(lambda: mx.eval(vals[idx]), opts.calls // 4) / m, "ns per element"))
-    scatter = mx.compile(lambda i, v: mx.zeros(m // 2).at[i].add(v))
+
+    # C51's projection: each of 128 rows adds 2 x 101 values into its 101 atoms
+    rows_idx = mx.array(np.random.default_rng(1).integers(0, 101, (128, 202)).astype(np.int32))
+    rows_val = mx.random.uniform(shape=(128, 202))
+    flat_idx = (rows_idx + 101 * mx.arange(128)[:, None]).reshape(-1)
+    scatters = {
+        ".at[].add, flattened": mx.compile(lambda: mx.zeros(128 * 101).at[flat_idx].add(rows_val.reshape(-1))),
+        "take_along_axis vjp, per row": mx.compile(
+            lambda: mx.vjp(lambda p: mx.take_along_axis(p, rows_idx, axis=1), [mx.zeros((128, 101))], [rows_val])[1][0]
+        ),
+    }
+    t_idx, t_val = torch.from_numpy(np.array(rows_idx)).long(), torch.from_numpy(np.array(rows_val))
+    expected = torch.zeros(128, 101).scatter_add_(1, t_idx, t_val).numpy()
+    for how, scatter in scatters.items():
+        np.testing.assert_allclose(np.array(scatter()).reshape(128, 101), expected, atol=1e-5)
+        rows.append(
+            (
+                f"C51 scatter-add 128x202, MLX {how}",
+                us_per_call(lambda s=scatter: mx.eval(s()), opts.calls // 4),
+                "us per call",
+            )
+        )
     rows.append(
         (
-            "scatter-add .at[idx].add",
-            1e3 * us_per_call(lambda: mx.eval(scatter(idx, vals)), opts.calls // 4) / m,
-            "ns per element",
+            "C51 scatter-add 128x202, torch scatter_add_",
+            us_per_call(lambda: torch.zeros(128, 101).scatter_add_(1, t_idx, t_val), opts.calls // 4),
+            "us per call",
         )
     )
 
