@@ -5,8 +5,8 @@ with a replacement and with MLX's kernels, interleaved call by call.
     OMP_NUM_THREADS=1 python -m benchmark.micro.fast_math [--repeats 300] [--out benchmark/results/micro-fast-math]
     python -m benchmark.run --scripts ppo --mlx-fast-math on off --total-timesteps 100000 --seeds 1 --tag issue21-ppo
 
-The replacements: the rational tanh that ppo and ppo_continuous_action use (CLEANRL_MLX_FAST_MATH=0 turns it off),
-and, measured here only, the same tanh in a2c and sac's actor and a fused fast-exp softmax in c51 (kept in no script:
+The replacements: the rational tanh that ppo and ppo_continuous_action use and c51's fused fast-exp softmax
+(CLEANRL_MLX_FAST_MATH=0 turns them off), and, measured here only, the same tanh in a2c and sac's actor (kept in neither:
 their SPS did not gain 5%). The second form is `benchmark.run` (the same options) with one more MLX variant per seed,
 `mlx-nofastmath` (CLEANRL_MLX_FAST_MATH=0), queued between the default MLX run and the torch run; `python -m
 benchmark.report benchmark/runs/<tag>` then shows the three side by side.
@@ -63,28 +63,6 @@ def load_both(name):
         with mlx_kernels(label == "mlx"):
             out[label] = load_script(name, "mlx")
     return out
-
-
-def fused_softmax():
-    """A last-axis softmax that mx.compile fuses: exp(x - max) = 2^t = 2^n * 2^f, n = round(t) written into the float's
-    exponent bits (adding 1.5 * 2^23 rounds), 2^f (|f| <= 1/2) a degree-5 minimax polynomial; the backward from the
-    saved output. Tried in c51 (issue 21), not kept there."""
-    import mlx.core as mx
-
-    @mx.custom_function
-    def softmax(x):
-        t = mx.maximum(x - x.max(-1, keepdims=True), -87.0) * 1.4426950408889634
-        n = (t + 12582912.0) - 12582912.0
-        f = t - n
-        p = 1.00000005 + f * (0.693146712 + f * (0.240221421 + f * (0.0555104709 + f * (0.00967526712 + f * 0.00131856535))))
-        e = p * ((n.astype(mx.int32) + 127) << 23).view(mx.float32)
-        return e / e.sum(-1, keepdims=True)
-
-    @softmax.vjp
-    def softmax_vjp(primals, cotangent, output):
-        return output * (cotangent - (cotangent * output).sum(-1, keepdims=True))
-
-    return softmax
 
 
 def us_per_call(fn, repeats, warmup=20):
@@ -235,21 +213,18 @@ def tanh_script_cases(name, tanh):
     return cases
 
 
-def c51_cases(softmax):
-    """c51's compiled train_step (default Args, CartPole sizes) and greedy action, with mx.softmax and with `softmax`
-    patched in for inputs of SMALL numbers or more while they are traced."""
+def c51_cases():
+    """c51's compiled train_step (default Args, CartPole sizes) and greedy action, with its fused softmax and with the
+    opt-out (mx.softmax)."""
     import mlx.core as mx
 
-    m = load_script("c51", "mlx")
-    builtin = mx.softmax
     rng = np.random.default_rng(0)
-    args = m.Args()
-    b = args.batch_size
-    batch = [rng.standard_normal((b, 4)), rng.integers(0, 2, b), rng.standard_normal(b), rng.standard_normal((b, 4))]
-    batch = [mx.array(a.astype(np.int32 if a.dtype.kind == "i" else np.float32)) for a in batch + [rng.random(b) < 0.1]]
-    obs = mx.array(rng.standard_normal((1, 4)).astype(np.float32))
     cases = {"update step": {}, "action": {}}
-    for label in ("fast", "mlx"):
+    for label, m in load_both("c51").items():
+        args = m.Args()
+        b = args.batch_size
+        batch = [rng.standard_normal((b, 4)), rng.integers(0, 2, b), rng.standard_normal(b), rng.standard_normal((b, 4))]
+        batch = [mx.array(a.astype(np.int32 if a.dtype.kind == "i" else np.float32)) for a in batch + [rng.random(b) < 0.1]]
         mx.random.seed(0)
         q, target = m.QNetwork(4, 2), m.QNetwork(4, 2)
         target.update(q.parameters())
@@ -258,15 +233,9 @@ def c51_cases(softmax):
         hyper = dict(gamma=args.gamma, v_min=args.v_min, v_max=args.v_max)
         train = mx.compile(partial(m.train_step, q, target, optimizer, **hyper), inputs=state, outputs=state)
         act = mx.compile(lambda o, q=q: q.get_action(o)[0], inputs=[q.state])
-        cases["update step"][label] = lambda train=train, state=state: mx.eval(train(*batch), state)
-        cases["action"][label] = lambda act=act: np.array(act(obs))
-
-        def patched(x, axis):  # c51 takes the softmax over the last axis
-            return builtin(x, axis=axis) if x.size < SMALL else softmax(x)
-
-        with replaced(mx, "softmax", patched if label == "fast" else builtin):
-            for case in cases.values():
-                case[label]()  # traced now, with the softmax in place
+        obs = mx.array(rng.standard_normal((1, 4)).astype(np.float32))
+        cases["update step"][label] = lambda train=train, state=state, batch=batch: mx.eval(train(*batch), state)
+        cases["action"][label] = lambda act=act, obs=obs: np.array(act(obs))
     return cases
 
 
@@ -317,7 +286,7 @@ def main_micro(argv=None):
     mx.set_default_device(mx.cpu)
     if ppo.MATH == "mlx":
         raise SystemExit("benchmark.micro.fast_math: the replacements are off here (Linux only; unset CLEANRL_MLX_FAST_MATH)")
-    softmax = fused_softmax()
+    softmax = load_both("c51")["fast"].softmax
     lines = [
         "# Micro-benchmark: MLX's transcendental kernels on the CPU backend and fused replacements",
         "",
@@ -325,8 +294,8 @@ def main_micro(argv=None):
         f"python -m benchmark.micro.fast_math --repeats {opts.repeats}`.",
         "",
         f"One call on a {SHAPE[0]}x{SHAPE[1]} float32 array (N(0, 9)), median µs; MLX calls end in `mx.eval`. "
-        "Replacement, compiled: the rational tanh of ppo and ppo_continuous_action; for the softmax, the fused "
-        "fast-exp softmax tried in c51 and not kept (`benchmark.micro.fast_math.fused_softmax`).",
+        "Replacement, compiled: the rational tanh of ppo and ppo_continuous_action; for the softmax, c51's fused "
+        "fast-exp softmax.",
         "",
         "| operation | MLX | replacement | numpy | torch |",
         "|---|---|---|---|---|",
@@ -341,15 +310,15 @@ def main_micro(argv=None):
         "Each script's compiled update step (its own networks, loss and optimizer on one minibatch of its default "
         "sizes) and its rollout action (one call: the forward pass, the sampling, the copy to numpy), with the "
         f"replacement and with MLX's kernels, interleaved call by call; median µs (25th–75th percentile). Inputs under "
-        f"{SMALL} numbers keep MLX's kernel, as in the scripts. ppo and ppo_continuous_action: the scripts as they are "
-        "(`CLEANRL_MLX_FAST_MATH=0` for MLX's kernels). a2c and sac (their actor): ppo's rational tanh put in for this "
-        "measurement; c51: the fused softmax put in; none of the three keeps it.",
+        f"{SMALL} numbers keep MLX's kernel, as in the scripts. ppo, ppo_continuous_action and c51: the scripts as they "
+        "are (`CLEANRL_MLX_FAST_MATH=0` for MLX's kernels). a2c and sac (their actor): ppo's rational tanh put in for "
+        "this measurement; neither keeps it.",
         "",
         "| script | call | replacement | MLX's kernels | time saved |",
         "|---|---|---|---|---|",
     ]
     per_script = {name: tanh_script_cases(name, ppo.tanh) for name in TANH_SCRIPTS}
-    per_script |= {"c51": c51_cases(softmax), "sac": sac_cases(ppo.tanh)}
+    per_script |= {"c51": c51_cases(), "sac": sac_cases(ppo.tanh)}
     for name, cases in per_script.items():
         for call, res in measure(cases, opts.repeats, opts.warmup).items():
             cell = {v: spread(r, ".0f") for v, r in res.items()}
