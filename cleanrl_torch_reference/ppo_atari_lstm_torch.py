@@ -565,10 +565,9 @@ if __name__ == "__main__":
     counters = resumed.get("counters", dict(iteration=0))
     models, named_optimizers = {"agent": agent}, {"optimizer.agent": optimizer}
     if args.resume:  # continue the saved run as it was at its checkpoint; the envs (EzPickle: never pickled) restart
+        # new games, so the LSTM state starts at zero, as in a fresh run (a checkpoint does not hold it)
         restore_arrays(arrays, models, named_optimizers, f"{script}: --resume {args.resume}", args.seed + start_step)
         restore_rng(arrays, resumed)
-        # the LSTM state goes on from the checkpoint; the next update replays from it, so it stays consistent
-        next_lstm_state = tuple(torch.tensor(arrays[f"lstm_state.{k}"], device=device) for k in "hc")
         print(f"{script}: the envs do not pickle; resumed envs restart from seed {args.seed + start_step}")
     stop = []  # the first Ctrl-C/SIGTERM: checkpoint and exit; a second Ctrl-C interrupts at once
 
@@ -677,10 +676,7 @@ if __name__ == "__main__":
                 "args": vars(args),
             }  # fmt: skip
             writer.flush()  # the logs up to the checkpoint survive a kill
-            saved = checkpoint_arrays(models, named_optimizers) | {
-                f"lstm_state.{k}": v.cpu().numpy() for k, v in zip("hc", next_lstm_state)
-            }
-            save_checkpoint(f"runs/{run_name}", saved, meta, args.keep_checkpoints)
+            save_checkpoint(f"runs/{run_name}", checkpoint_arrays(models, named_optimizers), meta, args.keep_checkpoints)
             if stop:
                 print(f"{script}: stopped at step {global_step}; resume with --resume runs/{run_name}")
                 break

@@ -7,6 +7,9 @@ a minibatch of whole env sequences, and optimizer) leaves the same weights, and 
 Adam step; the envs give one 84x84 frame per step."""
 
 import copy
+import hashlib
+import json
+import shutil
 from functools import partial
 
 import mlx.core as mx
@@ -245,17 +248,28 @@ def test_one_frame_per_step(module):
     env.close()
 
 
-def test_checkpoint_carries_the_lstm_state_across_frameworks(tmp_path):
-    """An MLX checkpoint holds the LSTM state the next rollout starts from, (1, num_envs, 128) under names both twins
-    use; the torch twin resumes it and writes its own state on at its next checkpoint."""
+def test_a_resumed_run_starts_its_new_games_without_the_old_lstm_state(tmp_path):
+    """The envs restart new games on resume, so the LSTM state starts at zero, as in a fresh run: a checkpoint does not
+    hold it, and a checkpoint that holds one (written before this rule) resumes exactly as one without: the torch twin
+    resumes both copies of an MLX checkpoint to the same weights."""
     args = "--num-envs 2 --num-steps 32 --num-minibatches 2 --checkpoint-every 64".split()
-    check_ok(run_script("ppo_atari_lstm", "mlx", *args, "--total-timesteps", 64, cwd=tmp_path))
-    (run_dir,) = run_dirs(tmp_path)
-    first = safetensors.numpy.load_file(run_dir / "checkpoints" / f"step_{64:012d}" / "arrays.safetensors")
-    for key in ("lstm_state.h", "lstm_state.c"):
-        assert first[key].shape == (1, 2, H) and first[key].dtype == np.float32 and np.abs(first[key]).max() > 0, key
-    assert np.abs(first["lstm_state.h"]).max() < 1, "h = o * tanh(c) lies in (-1, 1)"
-    check_ok(run_script("ppo_atari_lstm", "torch", *args, "--total-timesteps", 128, "--resume", run_dir, cwd=tmp_path))
-    later = safetensors.numpy.load_file(run_dir / "checkpoints" / f"step_{128:012d}" / "arrays.safetensors")
-    assert later["lstm_state.h"].shape == (1, 2, H) and not np.array_equal(later["lstm_state.h"], first["lstm_state.h"])
-    assert "rng.torch" in later and "rng.mlx" in first, "each checkpoint was written by its own twin"
+    (tmp_path / "a").mkdir()
+    check_ok(run_script("ppo_atari_lstm", "mlx", *args, "--total-timesteps", 64, cwd=tmp_path / "a"))
+    (run_dir,) = run_dirs(tmp_path / "a")
+    path = run_dir / "checkpoints" / f"step_{64:012d}" / "arrays.safetensors"
+    first = safetensors.numpy.load_file(path)
+    assert "rng.mlx" in first and not any(k.startswith("lstm_state") for k in first), sorted(first)[:5]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    safetensors.numpy.save_file(first | {f"lstm_state.{k}": np.full((1, 2, H), 0.5, np.float32) for k in "hc"}, path)
+    state = json.loads((path.parent / "state.json").read_text())
+    state["sha256"]["arrays.safetensors"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (path.parent / "state.json").write_text(json.dumps(state))
+    later = {}
+    for side in "ab":
+        run = tmp_path / side / "runs" / run_dir.name
+        check_ok(run_script("ppo_atari_lstm", "torch", *args, "--total-timesteps", 128, "--resume", run, cwd=tmp_path / side))
+        later[side] = safetensors.numpy.load_file(run / "checkpoints" / f"step_{128:012d}" / "arrays.safetensors")
+    assert "rng.torch" in later["a"] and not any(k.startswith("lstm_state") for k in later["a"])
+    weights = [k for k in later["a"] if k.startswith("agent.")]
+    assert weights and all(np.array_equal(later["a"][k], later["b"][k]) for k in weights)
+    assert not all(np.array_equal(later["a"][k], first[k]) for k in weights), "the resumed run trained"

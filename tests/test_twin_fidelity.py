@@ -81,7 +81,7 @@ MAX_LINES = {
     "ppo": 461,
     "ppo_atari": 709,
     "ppo_atari_envpool": 668,
-    "ppo_atari_lstm": 780,
+    "ppo_atari_lstm": 776,
     "ppo_atari_multigpu": 771,
     "ppo_continuous_action": 685,
     "pqn": 404,
