@@ -51,7 +51,7 @@ MAX_DIFF_LINES = {
     "ppo": 169,
     "ppo_atari": 242,
     "ppo_atari_envpool": 242,
-    "ppo_atari_lstm": 307,
+    "ppo_atari_lstm": 303,
     "ppo_atari_multigpu": 285,
     "ppo_continuous_action": 225,
     "pqn": 138,
