@@ -94,8 +94,8 @@ LEARNING = {
     # C51 on CartPole climbs and then oscillates, so its final window gets a lower bar: CleanRL's hyperparameters,
     # learning from step 1000, and a buffer that keeps the whole run (with the default 10k, torch's seed 1 fell
     # from a 20-episode mean of 293 to 84 between 120k and 130k steps). At 50k, seeds 1-3: the last 20 averaged
-    # 227 / 339 / 225 (MLX) and 153 / 227 / 162 (torch); the saved models evaluated to 340 / 282 / 224 (MLX)
-    # and 166 / 145 / 168 (torch).
+    # 238 / 331 / 226 (MLX, with its fused softmax) and 153 / 227 / 162 (torch); the saved models evaluated to
+    # 329 / 304 / 204 (MLX) and 166 / 145 / 168 (torch).
     "c51": (
         "--env-id CartPole-v1 --total-timesteps 50000 --learning-starts 1000 --buffer-size 50000 --seed 1".split(),
         100.0,
