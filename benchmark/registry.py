@@ -13,6 +13,8 @@ class Bench:
     """the budget when --total-timesteps is not given (None: the script's own default)"""
     extra_args: tuple[str, ...] = ()
     """arguments always passed to this script (before the CLI's pass-through ones)"""
+    warmup_timesteps: Optional[int] = None
+    """the budget of the untimed warm-up run before a sweep (None: the run's own): enough to call every compiled step"""
 
 
 @dataclass(frozen=True)
@@ -29,17 +31,17 @@ class Published:
 
 BENCH: dict[str, Bench] = {
     # CleanRL's own budget for ppo.py on classic control, so the published return below applies.
-    "ppo": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
+    "ppo": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000, warmup_timesteps=2_048),
     # Short budgets for the other pairs: enough for steady-state SPS and the timing split, not for
     # CleanRL's final returns (their published numbers need the full budgets).
     "a2c": Bench(env_ids=("CartPole-v1",), total_timesteps=100_000),
     # CleanRL's own budgets for dqn.py and c51.py: the first 10k steps only collect, epsilon anneals over
     # 250k, so a short run times mostly the exploring phase rather than the greedy steady state
-    "dqn": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
-    "c51": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
+    "dqn": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000, warmup_timesteps=11_000),
+    "c51": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000, warmup_timesteps=11_000),
     "qrdqn": Bench(env_ids=("CartPole-v1",), total_timesteps=50_000),  # rl-zoo's whole budget
     # CleanRL's own budget for pqn.py (epsilon and the learning rate anneal over it), so the published return applies
-    "pqn": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000),
+    "pqn": Bench(env_ids=("CartPole-v1",), total_timesteps=500_000, warmup_timesteps=4_096),
     "qrdqn_actor_learner": Bench(env_ids=("CartPole-v1",), total_timesteps=20_000, extra_args=("--num-actors", "2")),
     "ppo_continuous_action": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=20_480),
     "sac": Bench(env_ids=("Pendulum-v1", "HalfCheetah-v5"), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),

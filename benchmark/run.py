@@ -10,6 +10,10 @@ holds its TensorBoard logs (`runs/`), its stdout+stderr (`stdout.log`) and `run.
 code, wall time, machine); the sweep folder gets a TensorBoard custom-scalars layout (benchmark.tblayout).
 Arguments after `--` go to every script. `--track` logs every run to W&B (then `python -m benchmark.dashboard`
 builds the comparison report). Then: `python -m benchmark.report benchmark/runs/<tag>`.
+
+Before the sweep (local backend), each MLX script runs once per env and variant, untimed and not recorded
+(`--no-warmup` skips it): on Linux's CPU backend MLX compiles its fused kernels with g++ on first use and caches
+them under $TMPDIR/mlx (~15 s for ppo on a fresh machine), which would otherwise land in the first seed's timed loop.
 """
 
 import argparse
@@ -24,7 +28,7 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -111,6 +115,26 @@ def expand(opts, dirs) -> list[RunSpec]:
                     args += opts.script_args + track_args(opts)
                     specs.append(RunSpec(script, env_id, seed, fw, label, args, env))
     return specs
+
+
+def warmups(specs) -> list[RunSpec]:
+    """One run per (script, env, MLX variant) of the sweep, at the registry's warm-up budget where it has one, without
+    W&B: every compiled step is called once, so MLX's kernels are compiled and cached before anything is timed."""
+    out, seen = [], set()
+    for s in specs:
+        if s.framework != "mlx" or (s.script, s.env_id, s.variant) in seen:
+            continue
+        seen.add((s.script, s.env_id, s.variant))
+        args, bench = list(s.args), bench_for(s.script)
+        for flag in ("--wandb-project-name", "--wandb-entity"):
+            if flag in args:
+                del args[args.index(flag) : args.index(flag) + 2]
+        args = [a for a in args if a != "--track"]
+        if bench and bench.warmup_timesteps and "--total-timesteps" in args:
+            i = args.index("--total-timesteps") + 1
+            args[i] = str(min(int(args[i]), bench.warmup_timesteps))
+        out.append(replace(s, args=args))
+    return out
 
 
 def execute(spec: dict, script_file: str, run_dir: str) -> dict:
@@ -212,6 +236,7 @@ def parse(argv):
         help="MLX runs with the scripts' fused kernels on Linux's CPU backend (on) and/or without (off: CLEANRL_MLX_FAST_MATH=0)",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed MLX run per script, env and variant")
     p.add_argument("--track", action="store_true", help="pass --track to every script (W&B, grouped by algo/env)")
     p.add_argument("--wandb-project-name", help="with --track: the W&B project (default: the scripts' own, cleanrl-mlx)")
     p.add_argument("--wandb-entity", help="with --track: the W&B entity (default: your W&B default entity)")
@@ -262,6 +287,10 @@ def main(argv=None) -> int:
                 flush=True,
             )
 
+    if opts.backend == "local" and not opts.no_warmup and (warm := warmups(specs)):
+        print(f"benchmark: {len(warm)} warm-up run(s) first, untimed (MLX compiles and caches its kernels)", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            run_local(warm, dirs, Path(tmp), opts.workers, lambda spec, record: None)
     if opts.backend == "ray":
         run_ray(specs, dirs, out_dir, opts.ray_address, on_done)
     else:

@@ -126,6 +126,25 @@ def test_expand_uses_registry_script_defaults_and_pass_through(fake_dirs):
     assert bench_run.expand(tracked, fake_dirs)[0].args[-4:] == ["-x", "--track", "--wandb-project-name", "p"]
 
 
+def test_warmup_runs_each_mlx_script_env_and_variant_once_short_and_untracked(fake_dirs, tmp_path, capsys):
+    opts = bench_run.parse("--scripts fake --seeds 1 2 --mlx-blas openblas bundled --track --wandb-entity me".split())
+    warm = bench_run.warmups(bench_run.expand(opts, fake_dirs))
+    assert [(w.variant, w.seed) for w in warm] == [("mlx", 1), ("mlx-bundled", 1)]  # no torch run, one per variant
+    assert all("--track" not in w.args and "--wandb-entity" not in w.args for w in warm)
+    ppo = bench_run.parse("--scripts ppo --seeds 1 --frameworks mlx".split())
+    (w,) = bench_run.warmups(bench_run.expand(ppo, bench_run.DEFAULT_DIRS))
+    assert w.args[w.args.index("--total-timesteps") + 1] == "2048"  # the registry's warm-up budget, not 500k
+    # the sweep runs them first and keeps nothing of them; --no-warmup skips them
+    assert run_main("--scripts", "fake", "--seeds", "1", "--tag", "w", dirs=fake_dirs, runs_dir=tmp_path / "runs") == 0
+    assert "1 warm-up run(s) first" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "runs" / "w").iterdir() if p.is_dir()) == [
+        "fake__FakeEnv-v0__mlx__1",
+        "fake__FakeEnv-v0__torch__1",
+    ]
+    run_main("--scripts", "fake", "--seeds", "1", "--tag", "w", "--no-warmup", dirs=fake_dirs, runs_dir=tmp_path / "runs")
+    assert "warm-up" not in capsys.readouterr().out
+
+
 def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp_path, capsys):
     rc = run_main(
         "--scripts",
