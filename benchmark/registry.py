@@ -72,10 +72,10 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ("ppo", "MountainCar-v0"): Published(
         -200.00, 0.00, 500_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"
     ),
-    # https://docs.cleanrl.dev/rl-algorithms/dqn/#experiment-results and .../c51/#experiment-results
+    # https://docs.cleanrl.dev/rl-algorithms/dqn/#dqnpy and .../c51/#c51py, "Experiment results"
     # (docs/rl-algorithms/{dqn,c51}.md, vwxyzjn/cleanrl@fe8d8a0): dqn.py / c51.py, 500k steps, 3 seeds.
-    ("dqn", "CartPole-v1"): Published(488.69, 16.11, 500_000, "https://docs.cleanrl.dev/rl-algorithms/dqn/#experiment-results"),
-    ("c51", "CartPole-v1"): Published(481.20, 20.53, 500_000, "https://docs.cleanrl.dev/rl-algorithms/c51/#experiment-results"),
+    ("dqn", "CartPole-v1"): Published(488.69, 16.11, 500_000, "https://docs.cleanrl.dev/rl-algorithms/dqn/#dqnpy"),
+    ("c51", "CartPole-v1"): Published(481.20, 20.53, 500_000, "https://docs.cleanrl.dev/rl-algorithms/c51/#c51py"),
     # https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy (docs/benchmark/ppo_continuous_action.md,
     # vwxyzjn/cleanrl@fe8d8a0, tag pr-424): ppo_continuous_action.py, 1M steps, 3 seeds, on the v4 MuJoCo envs; ours run
     # v5 (the same robots; v5 fixed contact and reward details), so these are close references, not the same task.
@@ -84,6 +84,25 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ),
     ("ppo_continuous_action", "Hopper-v5"): Published(
         2382.86, 271.74, 1_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_continuous_actionpy", "Hopper-v4"
+    ),
+    # https://docs.cleanrl.dev/rl-algorithms/sac/#sac_continuous_actionpy (docs/benchmark/sac.md, tag pr-424; the docs page's
+    # table says v2 for these rows, the benchmark table and benchmark/sac.sh say v4), td3 and ddpg likewise
+    # (docs/rl-algorithms/{td3,ddpg}.md, vwxyzjn/cleanrl@fe8d8a0): their defaults, 1M steps, 3 seeds, v4 MuJoCo envs.
+    **{
+        (script, f"{env}-v5"): Published(mean, std, 1_000_000, f"https://docs.cleanrl.dev/rl-algorithms/{page}", f"{env}-v4")
+        for script, page, env, mean, std in (
+            ("sac", "sac/#sac_continuous_actionpy", "HalfCheetah", 9634.89, 1423.73),
+            ("sac", "sac/#sac_continuous_actionpy", "Hopper", 2310.46, 342.82),
+            ("td3", "td3/#td3_continuous_actionpy", "HalfCheetah", 9583.22, 126.09),
+            ("td3", "td3/#td3_continuous_actionpy", "Hopper", 3134.61, 360.18),
+            ("ddpg", "ddpg/#ddpg_continuous_actionpy", "HalfCheetah", 10374.07, 157.37),
+            ("ddpg", "ddpg/#ddpg_continuous_actionpy", "Hopper", 1576.78, 818.98),
+        )
+    },
+    # https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy, "Experiment results" (docs/rl-algorithms/dqn.md, cleanrl@fe8d8a0):
+    # dqn_atari.py, 10M steps (benchmark/dqn.sh), 3 seeds.
+    ("dqn_atari", "BreakoutNoFrameskip-v4"): Published(
+        366.93, 39.89, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/dqn/#dqn_ataripy"
     ),
     # rl-baselines3-zoo's benchmark.md (DLR-RM/rl-baselines3-zoo, "Performance of trained agents"), the budgets our a2c
     # and qrdqn defaults take: ONE trained agent, evaluated deterministically over 300 episodes (the std is over
@@ -94,12 +113,12 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ("qrdqn", "CartPole-v1"): Published(
         500.00, 0.00, 50_000, "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md", by="rl-zoo, 1 agent"
     ),
-    # https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results (same page): ppo_atari.py, 10M steps, 3 seeds.
+    # https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy, "Experiment results" (same page): ppo_atari.py, 10M steps, 3 seeds.
     ("ppo_atari", "BreakoutNoFrameskip-v4"): Published(
-        414.66, 28.09, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"
+        414.66, 28.09, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy"
     ),
     ("ppo_atari", "PongNoFrameskip-v4"): Published(
-        20.36, 0.20, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#experiment-results"
+        20.36, 0.20, 10_000_000, "https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_ataripy"
     ),
     # https://docs.cleanrl.dev/rl-algorithms/ppo/#ppo_atari_multigpupy (docs/benchmark/ppo_atari_multigpu.md,
     # vwxyzjn/cleanrl@fe8d8a0): ppo_atari_multigpu.py on 2 processes x 4 local envs, 10M steps (benchmark/ppo.sh), 3 seeds.
