@@ -43,6 +43,8 @@ FAKE_SCRIPT = textwrap.dedent(
 
     args = tyro.cli(Args)
     FRAMEWORK = "{framework}"
+    if calls := __import__("os").environ.get("FAKE_CALLS"):  # a test counting the runs, warm-ups included
+        open(calls, "a").write(f"{{FRAMEWORK}} {{args.seed}}\\n")
     print(f"fake_{{FRAMEWORK}}: device cpu, " + ("BLAS openblas" if FRAMEWORK == "mlx" else "threads 1"), flush=True)
     if FRAMEWORK == "mlx" and args.seed == 2:
         print("boom: the fake mlx script failed on purpose", flush=True)
@@ -126,7 +128,7 @@ def test_expand_uses_registry_script_defaults_and_pass_through(fake_dirs):
     assert bench_run.expand(tracked, fake_dirs)[0].args[-4:] == ["-x", "--track", "--wandb-project-name", "p"]
 
 
-def test_warmup_runs_each_mlx_script_env_and_variant_once_short_and_untracked(fake_dirs, tmp_path, capsys):
+def test_warmup_runs_each_mlx_script_env_and_variant_once_short_and_untracked(fake_dirs, tmp_path, capsys, monkeypatch):
     opts = bench_run.parse("--scripts fake --seeds 1 2 --mlx-blas openblas bundled --track --wandb-entity me".split())
     warm = bench_run.warmups(bench_run.expand(opts, fake_dirs))
     assert [(w.variant, w.seed) for w in warm] == [("mlx", 1), ("mlx-bundled", 1)]  # no torch run, one per variant
@@ -135,14 +137,22 @@ def test_warmup_runs_each_mlx_script_env_and_variant_once_short_and_untracked(fa
     (w,) = bench_run.warmups(bench_run.expand(ppo, bench_run.DEFAULT_DIRS))
     assert w.args[w.args.index("--total-timesteps") + 1] == "2048"  # the registry's warm-up budget, not 500k
     # the sweep runs them first and keeps nothing of them; --no-warmup skips them
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
     assert run_main("--scripts", "fake", "--seeds", "1", "--tag", "w", dirs=fake_dirs, runs_dir=tmp_path / "runs") == 0
     assert "1 warm-up run(s) first" in capsys.readouterr().out
+    assert calls.read_text().splitlines()[0] == "mlx 1" and sorted(calls.read_text().splitlines()) == [
+        "mlx 1",
+        "mlx 1",
+        "torch 1",
+    ]
     assert sorted(p.name for p in (tmp_path / "runs" / "w").iterdir() if p.is_dir()) == [
         "fake__FakeEnv-v0__mlx__1",
         "fake__FakeEnv-v0__torch__1",
     ]
+    calls.unlink()
     run_main("--scripts", "fake", "--seeds", "1", "--tag", "w", "--no-warmup", dirs=fake_dirs, runs_dir=tmp_path / "runs")
-    assert "warm-up" not in capsys.readouterr().out
+    assert "warm-up" not in capsys.readouterr().out and sorted(calls.read_text().splitlines()) == ["mlx 1", "torch 1"]
 
 
 def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp_path, capsys):
