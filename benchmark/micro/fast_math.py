@@ -213,14 +213,14 @@ def tanh_script_cases(name, tanh):
     return cases
 
 
-def c51_cases():
+def c51_cases(mods):
     """c51's compiled train_step (default Args, CartPole sizes) and greedy action, with its fused softmax and with the
-    opt-out (mx.softmax)."""
+    opt-out (mx.softmax); mods: load_both("c51")."""
     import mlx.core as mx
 
     rng = np.random.default_rng(0)
     cases = {"update step": {}, "action": {}}
-    for label, m in load_both("c51").items():
+    for label, m in mods.items():
         args = m.Args()
         b = args.batch_size
         batch = [rng.standard_normal((b, 4)), rng.integers(0, 2, b), rng.standard_normal(b), rng.standard_normal((b, 4))]
@@ -286,7 +286,8 @@ def main_micro(argv=None):
     mx.set_default_device(mx.cpu)
     if ppo.MATH == "mlx":
         raise SystemExit("benchmark.micro.fast_math: the replacements are off here (Linux only; unset CLEANRL_MLX_FAST_MATH)")
-    softmax = load_both("c51")["fast"].softmax
+    c51 = load_both("c51")
+    softmax = c51["fast"].softmax
     lines = [
         "# Micro-benchmark: MLX's transcendental kernels on the CPU backend and fused replacements",
         "",
@@ -318,7 +319,7 @@ def main_micro(argv=None):
         "|---|---|---|---|---|",
     ]
     per_script = {name: tanh_script_cases(name, ppo.tanh) for name in TANH_SCRIPTS}
-    per_script |= {"c51": c51_cases(), "sac": sac_cases(ppo.tanh)}
+    per_script |= {"c51": c51_cases(c51), "sac": sac_cases(ppo.tanh)}
     for name, cases in per_script.items():
         for call, res in measure(cases, opts.repeats, opts.warmup).items():
             cell = {v: spread(r, ".0f") for v, r in res.items()}
