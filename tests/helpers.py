@@ -283,3 +283,51 @@ def check_ppo_full_updates(m_script, t_script, m_agent, t_agent, batch, minibatc
             grads = torch_grads(t_agent)
             np.testing.assert_allclose(np.sqrt(sum((g**2).sum() for g in grads.values())), 0.5, rtol=1e-4)
             assert_first_adam_step(before, torch_params(t_agent), grads, lr=lr, eps=1e-5)
+
+
+def check_value_full_updates(m_script, t_script, twins, batch_of, stat_names, lr, eps, **hyper):
+    """A value-based script's train_step as it runs (the TD target from the target network, loss, gradients, the
+    scripts' own Adam from their default Args; MLX compiled), 3 steps on `batch_of(10 + i)`, then the target update:
+    the same stats and weights in both twins, the target untouched by train_step. Against the formulas: torch's
+    first step is Adam's first step (lr, eps); the target update is Polyak's (tau 0.3: the loops copy, tau = 1)."""
+    import mlx.core as mx
+    import torch
+
+    t_q, t_target, m_q, m_target = twins
+    t_opt, m_opt = t_script.make_optimizer(t_q, t_script.Args()), m_script.make_optimizer(m_q, m_script.Args())
+    t_train = partial(t_script.train_step, t_q, t_target, t_opt, **hyper)
+    state = [m_q.state, m_target.state, m_opt.state]
+    m_train = mx.compile(partial(m_script.train_step, m_q, m_target, m_opt, **hyper), inputs=state, outputs=state)
+    for i in range(3):
+        batch = batch_of(10 + i)
+        before = torch_params(t_q)
+        t_stats = t_train(*(torch.as_tensor(x) for x in batch))
+        m_stats = m_train(*(mx.array(x) for x in batch))
+        for m, t, what in zip(m_stats, t_stats, stat_names):
+            assert_close(m, t, what=f"{what} at step {i}")
+        if i == 0:
+            assert_first_adam_step(before, torch_params(t_q), torch_grads(t_q), lr=lr, eps=eps)
+    assert_same_weights(m_q, t_q, atol=1e-5, what="online")
+    assert_same_weights(m_target, t_target, atol=0, what="target (untouched by train_step)")
+
+    check_polyak_update(t_script, t_q, t_target)
+    check_polyak_update(m_script, m_q, m_target, compiled_state=state)
+    assert_same_weights(m_target, t_target, atol=1e-5, what="target")
+
+
+def check_actor_gradients(m_script, t_script, m, t, obs):
+    """The deterministic actor's loss, -Q(s, actor(s)) averaged, and its gradients in both twins (td3, ddpg)."""
+    import mlx.core as mx
+    import torch
+    from mlx.utils import tree_flatten
+
+    t["actor"].zero_grad()
+    t_aloss = t_script.actor_loss_fn(t["actor"], t["qf"], torch.as_tensor(obs))
+    t_aloss.backward()
+    actor_loss = m_script.nn.value_and_grad(m["actor"], lambda x: m_script.actor_loss_fn(m["actor"], m["qf"], x))
+    m_aloss, m_agrads = actor_loss(mx.array(obs))
+    assert_close(m_aloss, t_aloss, what="actor_loss")
+    m_agrads = dict(tree_flatten(m_agrads))
+    assert sorted(m_agrads) == sorted(n for n, _ in t["actor"].named_parameters())
+    for name, p in t["actor"].named_parameters():
+        assert_close(m_agrads[name], p.grad, atol=1e-5, rtol=1e-4, what=f"actor grad {name}")

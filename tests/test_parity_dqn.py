@@ -16,15 +16,11 @@ from mlx.utils import tree_flatten
 
 from tests.helpers import (
     assert_close,
-    assert_first_adam_step,
-    assert_polyak,
     assert_same_grads,
-    assert_same_weights,
+    check_value_full_updates,
     cross_load,
     load_script,
-    mlx_params,
     replay_batch,
-    torch_params,
     torch_params_to_mlx,
 )
 
@@ -85,32 +81,10 @@ def test_full_update_matches_twin_and_formulas(twins):
     """Three train_steps as each script runs them (MLX compiled, the scripts' own optimizers and default
     Args), then the target update, which CleanRL runs on its own schedule: same weights and stats in
     both twins. The first step is Adam's (lr 2.5e-4, eps 1e-8) by formula; the target update is Polyak's."""
-    t_q, t_target, m_q, m_target = twins
-    args = D_MLX.Args()
-    t_opt, m_opt = D_TORCH.make_optimizer(t_q, D_TORCH.Args()), D_MLX.make_optimizer(m_q, args)
-    t_train = partial(D_TORCH.train_step, t_q, t_target, t_opt, gamma=args.gamma)
-    state = [m_q.state, m_target.state, m_opt.state]
-    m_train = mx.compile(partial(D_MLX.train_step, m_q, m_target, m_opt, gamma=args.gamma), inputs=state, outputs=state)
-    for i in range(3):
-        batch = replay_batch(10 + i, B, OBS_DIM, N_ACTIONS)
-        before = torch_params(t_q)
-        t_stats = t_train(*as_torch(batch))
-        m_stats = m_train(*as_mlx(batch))
-        for m, t, what in zip(m_stats, t_stats, ("loss", "mean Q(s, a)")):
-            assert_close(m, t, what=f"{what} at step {i}")
-        if i == 0:
-            grads = {name: p.grad.numpy().copy() for name, p in t_q.named_parameters()}
-            assert_first_adam_step(before, torch_params(t_q), grads, lr=2.5e-4, eps=1e-8)
-    assert_same_weights(m_q, t_q, atol=1e-5, what="online")
-    assert_same_weights(m_target, t_target, atol=0, what="target (untouched by train_step)")
-
-    tau = 0.3
-    t_online, t_before, m_online, m_before = torch_params(t_q), torch_params(t_target), mlx_params(m_q), mlx_params(m_target)
-    D_TORCH.polyak_update(t_q, t_target, tau)
-    mx.compile(partial(D_MLX.polyak_update, m_q, m_target, tau), inputs=state, outputs=state)()
-    assert_polyak(t_online, t_before, torch_params(t_target), tau)
-    assert_polyak(m_online, m_before, mlx_params(m_target), tau)
-    assert_same_weights(m_target, t_target, atol=1e-5, what="target")
+    batch_of = partial(replay_batch, batch_size=B, obs_dim=OBS_DIM, n_actions=N_ACTIONS)
+    check_value_full_updates(
+        D_MLX, D_TORCH, twins, batch_of, ("loss", "mean Q(s, a)"), lr=2.5e-4, eps=1e-8, gamma=D_MLX.Args().gamma
+    )
 
 
 def test_linear_schedule():

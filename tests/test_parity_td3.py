@@ -15,6 +15,7 @@ from tests.helpers import (
     assert_close,
     assert_same_weights,
     check_actor_critic_targets,
+    check_actor_gradients,
     check_polyak_update,
     continuous_batch,
     cross_load,
@@ -107,17 +108,7 @@ def test_critic_and_actor_losses_and_gradients(twins):
     for name, p in t["qf"].named_parameters():
         assert_close(m_grads[name], p.grad, atol=1e-5, rtol=1e-4, what=f"critic grad {name}")
 
-    t["actor"].zero_grad()
-    t_aloss = T_TORCH.actor_loss_fn(t["actor"], t["qf"], o)
-    t_aloss.backward()
-    m_aloss, m_agrads = T_MLX.nn.value_and_grad(m["actor"], lambda x: T_MLX.actor_loss_fn(m["actor"], m["qf"], x))(
-        mx.array(b["obs"])
-    )
-    assert_close(m_aloss, t_aloss, what="actor_loss")
-    m_agrads = dict(tree_flatten(m_agrads))
-    assert sorted(m_agrads) == sorted(n for n, _ in t["actor"].named_parameters())
-    for name, p in t["actor"].named_parameters():
-        assert_close(m_agrads[name], p.grad, atol=1e-5, rtol=1e-4, what=f"actor grad {name}")
+    check_actor_gradients(T_MLX, T_TORCH, m, t, b["obs"])
 
 
 def test_polyak_update_formula(twins):
