@@ -420,10 +420,11 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 stats = train(mx.array(b_inds[start : start + args.minibatch_size]), *batch)
-                mx.eval(stats, state)  # one sync per gradient step
+                mx.async_eval(stats, state)  # lazy: it runs while the next step is traced, no sync per gradient step
                 clipfracs.append(stats[5])
             if args.target_kl is not None and stats[4].item() > args.target_kl:
                 break
+        mx.eval(state)  # the update's one sync
         timing["update"] += time.perf_counter() - t0
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes (read back once per iteration)

@@ -59,12 +59,12 @@ MAX_DIFF_LINES = {
     "ddpg": 201,
     "dqn": 115,
     "dqn_atari": 199,
-    "ppo": 171,
+    "ppo": 172,
     "ppo_atari": 242,
     "ppo_atari_envpool": 242,
     "ppo_atari_lstm": 303,
     "ppo_atari_multigpu": 285,
-    "ppo_continuous_action": 227,
+    "ppo_continuous_action": 228,
     "pqn": 138,
     "qrdqn": 128,
     "qrdqn_actor_learner": 129,
@@ -83,7 +83,8 @@ NO_ENV_LOOP = {"allo"}
 # rational tanh of Linux's CPU backend (issue 21): 10 lines each, 8 diff lines; c51 its fused softmax: 24 lines, 18
 # diff lines. ppo, ppo_continuous_action and a2c run a rollout step's few rows through mx.tanh outside the custom
 # function, so that compile fuses it with the bias add (4 lines, 2 diff lines; 40 -> 32 graph nodes per step in ppo,
-# ~3% more SPS). Every script names its TensorBoard folder to W&B (one line: a tracked run ends
+# ~3% more SPS); ppo and ppo_continuous_action evaluate their gradient steps asynchronously, one sync per update
+# (1 line; update phase -7%). Every script names its TensorBoard folder to W&B (one line: a tracked run ends
 # 10 s sooner).
 MAX_LINES = {
     "a2c": 454,
@@ -92,12 +93,12 @@ MAX_LINES = {
     "ddpg": 575,
     "dqn": 387,
     "dqn_atari": 701,
-    "ppo": 465,
+    "ppo": 466,
     "ppo_atari": 709,
     "ppo_atari_envpool": 668,
     "ppo_atari_lstm": 776,
     "ppo_atari_multigpu": 771,
-    "ppo_continuous_action": 689,
+    "ppo_continuous_action": 690,
     "pqn": 404,
     "qrdqn": 420,
     "qrdqn_actor_learner": 675,
