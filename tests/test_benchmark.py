@@ -463,3 +463,39 @@ def test_published_cell_names_a_reference_that_is_not_cleanrls():
     assert report.published_cell(row | {"published_by": "rl-zoo, 1 agent"}) == "500.00 ± 0.00 (rl-zoo, 1 agent)"
     assert {registry.published_for(s, "CartPole-v1").by for s in ("a2c", "qrdqn")} == {"rl-zoo, 1 agent"}
     assert all(not registry.published_for(s, "CartPole-v1").by for s in ("ppo", "dqn", "c51", "pqn"))
+
+
+def test_halfcheetah_gait_follows_the_scripts_policy_and_a_still_policy_stays_upright():
+    """mean_action is ppo_continuous_action's actor on what the script's own wrappers feed it, for raw observations
+    and saved statistics; a policy that does nothing stays upright and still."""
+    import gymnasium as gym
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from benchmark import halfcheetah_gait as hg
+    from benchmark.pairs import load_script
+
+    m = load_script("ppo_continuous_action", "mlx")
+    agent, rng = m.Agent(17, 6), np.random.default_rng(0)
+    agent.update(
+        tree_unflatten(
+            [(k, m.mx.array(rng.normal(0, 0.3, v.shape), dtype=m.mx.float32)) for k, v in tree_flatten(agent.parameters())]
+        )
+    )
+    arrays = {f"agent.{k}": np.array(v) for k, v in tree_flatten(agent.parameters())}
+    arrays |= {"envs.0.obs_rms.mean": rng.normal(size=17), "envs.0.obs_rms.var": rng.uniform(1e-4, 4, 17)}  # some beyond +-10
+    env = m.make_env("HalfCheetah-v5", 0, False, "gait", 0.99)()
+    norm = env
+    while not isinstance(norm, gym.wrappers.NormalizeObservation):
+        norm = norm.env
+    norm.update_running_mean = False
+    norm.obs_rms.mean, norm.obs_rms.var = arrays["envs.0.obs_rms.mean"], arrays["envs.0.obs_rms.var"]
+    obs, _ = env.reset(seed=0)
+    for _ in range(5):
+        expected = np.array(agent.get_action_mean(m.mx.array(obs[None], dtype=m.mx.float32)))[0]
+        np.testing.assert_allclose(hg.mean_action(arrays, env.unwrapped._get_obs()), expected, atol=1e-5)
+        obs, *_ = env.step(rng.uniform(-1, 1, 6))
+    env.close()
+
+    still = {k: np.zeros_like(v) if k.startswith("agent.actor_mean") else v for k, v in arrays.items()}
+    g = hg.gait(still, episodes=1)
+    assert g["upside_down"] == 0 and abs(g["speed"]) < 0.1 and abs(g["return"]) < 100, g
