@@ -6,7 +6,9 @@
 
 A block sits between `<!-- results:start -->` and `<!-- results:end -->`; nothing in it is typed by hand.
 The headline row of a pair comes from the committed run with the largest budget that has both twins (ties:
-the env the benchmark registry lists first, then the newest report, then the folder that sorts last).
+the env the benchmark registry lists first, then the newest report, then the folder that sorts last). Its MLX/torch
+SPS ratio comes from a sweep whose runs had the machine to themselves, one at a time: where the row's own sweep
+did not (--returns-only, or --workers above 1), from the largest such sweep of the pair on the same machine.
 """
 
 import argparse
@@ -83,6 +85,11 @@ def headline(rows, script) -> tuple[dict, dict] | None:
     return mlx, torch
 
 
+def shared(machine) -> bool:
+    """Whether a sweep's runs shared the machine: with long background runs (--returns-only) or with each other."""
+    return machine.get("returns_only", False) or machine.get("runs_at_once", 1) > 1
+
+
 def readme_block(rows, pairs, page_dir: Path = REPO) -> str:
     lines = [
         "| pair | env | steps | return MLX | return torch | CleanRL published | MLX/torch SPS | machine | results |",
@@ -97,12 +104,10 @@ def readme_block(rows, pairs, page_dir: Path = REPO) -> str:
         mlx, torch = pick
         folder = link(mlx["folder"], page_dir)
         sps = number(mlx["sps_ratio_vs_torch"], ".2f")
-        if mlx["machine"].get("returns_only"):  # runs that shared the machine: the speed from the largest quiet run
+        if shared(mlx["machine"]):  # runs that shared the machine: the speed from the largest quiet run
             same = ("cpu", "cores", "os")  # on the same machine (CPU, cores, kernel build), or none
             quiet = [
-                r
-                for r in rows
-                if not r["machine"].get("returns_only") and all(r["machine"].get(k) == mlx["machine"].get(k) for k in same)
+                r for r in rows if not shared(r["machine"]) and all(r["machine"].get(k) == mlx["machine"].get(k) for k in same)
             ]
             if fast := headline(quiet, script):
                 where = f"{fast[0]['env_id']}, {number(fast[0]['total_timesteps'], ',.0f')} steps"

@@ -499,3 +499,12 @@ def test_halfcheetah_gait_follows_the_scripts_policy_and_a_still_policy_stays_up
     still = {k: np.zeros_like(v) if k.startswith("agent.actor_mean") else v for k, v in arrays.items()}
     g = hg.gait(still, episodes=1)
     assert g["upside_down"] == 0 and abs(g["speed"]) < 0.1 and abs(g["return"]) < 100, g
+
+
+def test_runs_at_once_counts_overlapping_runs_only():
+    """A run that starts as another ends did not share the machine with it; runs without a start time are left out."""
+    run = lambda started, wall: {"started": started, "wall_s": wall}  # noqa: E731
+    assert report.runs_at_once([run(0, 10), run(10, 5), run(15, 1)]) == 1
+    assert report.runs_at_once([run(0, 10), run(10, 5), run(2, 3), run(math.nan, math.nan)]) == 2
+    assert report.runs_at_once([run(0, 10), run(1, 10), run(2, 10), run(12.5, 1)]) == 3
+    assert report.runs_at_once([]) == 1

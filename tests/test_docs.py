@@ -109,3 +109,19 @@ def test_headline_takes_the_speed_of_a_returns_only_row_from_a_quiet_run_on_the_
     without_quiet = [r for r in rows if r["folder"].name != "quiet"]
     (row,) = [line for line in docs.readme_block(without_quiet, ["x"], tmp_path).splitlines() if line.startswith("| [x]")]
     assert "| – |" in row and "2.40" not in row
+
+
+def test_headline_takes_no_speed_from_a_sweep_whose_runs_overlapped(tmp_path):
+    """A sweep run with --workers 2 measures each run beside another: the README's ratio comes from the one-at-a-time
+    sweep instead, even when the overlapping one is newer or larger."""
+    machine = {"cpu": "C", "cores": 2, "os": "k"}
+    rows = []
+    for folder, steps, extra, ratio in (("alone", 100, {}, "2.10"), ("parallel", 200, {"runs_at_once": 2}, "1.71")):
+        for v in ("mlx", "torch"):
+            rows.append(
+                {"script": "x", "env_id": "E", "variant": v, "total_timesteps": str(steps), "folder": tmp_path / folder}
+                | {"machine": machine | extra, "return_mean": "250", "sps_ratio_vs_torch": ratio if v == "mlx" else ""}
+                | dict.fromkeys(("published_return", "published_std", "published_steps"), "")
+            )
+    (row,) = [line for line in docs.readme_block(rows, ["x"], tmp_path).splitlines() if line.startswith("| [x]")]
+    assert "| 200 |" in row and "| 2.10 ([E, 100 steps](" in row and "1.71" not in row
