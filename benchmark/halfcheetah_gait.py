@@ -21,10 +21,10 @@ def newest_checkpoint(path) -> Path:
     path = Path(path)
     if (path / "arrays.safetensors").is_file():
         return path
-    found = sorted(path.glob("**/checkpoints/step_*/arrays.safetensors"))
+    found = [p.parent for p in path.glob("**/checkpoints/step_*/arrays.safetensors")]
     if not found:
         raise SystemExit(f"halfcheetah_gait: no checkpoint under {path}")
-    return found[-1].parent
+    return max(found, key=lambda p: p.name)  # step_<zero-padded global step>: the newest, whatever run folder holds it
 
 
 def mean_action(arrays, obs):
