@@ -18,6 +18,7 @@ them under $TMPDIR/mlx (~15 s for ppo on a fresh machine), which would otherwise
 
 import argparse
 import io
+import itertools
 import json
 import os
 import re
@@ -68,17 +69,18 @@ def default_env_id(script_file: Path) -> str:
     return match.group(1)
 
 
-def variants(frameworks, mlx_blas, mlx_fast_math=("on",)) -> list[tuple[str, str, dict]]:
+def variants(frameworks, mlx_blas, mlx_fast_math=("on",), mlx_one_core=("on",)) -> list[tuple[str, str, dict]]:
     """(framework, label, env overrides) for each process kind, MLX and torch alternating."""
     out = []
     for fw in frameworks:
         if fw == "mlx":
-            for blas in mlx_blas:
-                for fast in mlx_fast_math:
-                    label = ("mlx" if blas == "openblas" else f"mlx-{blas}") + ("" if fast == "on" else "-nofastmath")
-                    # "openblas" and fast math are the scripts' defaults: make sure no inherited opt-out changes them
-                    env = {"CLEANRL_MLX_BLAS": "bundled" if blas == "bundled" else None}
-                    out.append((fw, label, env | {"CLEANRL_MLX_FAST_MATH": None if fast == "on" else "0"}))
+            for blas, fast, one in itertools.product(mlx_blas, mlx_fast_math, mlx_one_core):
+                label = ("mlx" if blas == "openblas" else f"mlx-{blas}") + ("" if fast == "on" else "-nofastmath")
+                label += "" if one == "on" else "-anycore"
+                # "openblas", fast math and one core per rollout are the scripts' defaults: no inherited opt-out changes them
+                env = {"CLEANRL_MLX_BLAS": "bundled" if blas == "bundled" else None}
+                env |= {"CLEANRL_MLX_FAST_MATH": None if fast == "on" else "0"}
+                out.append((fw, label, env | {"CLEANRL_MLX_ONE_CORE": None if one == "on" else "0"}))
         else:
             out.append((fw, fw, {}))
     return out
@@ -108,7 +110,7 @@ def expand(opts, dirs) -> list[RunSpec]:
         steps = opts.total_timesteps or (bench.total_timesteps if bench else None)
         for env_id in env_ids_for(script, opts.env_ids, dirs):
             for seed in opts.seeds:
-                for fw, label, env in variants(opts.frameworks, opts.mlx_blas, opts.mlx_fast_math):
+                for fw, label, env in variants(opts.frameworks, opts.mlx_blas, opts.mlx_fast_math, opts.mlx_one_core):
                     args = ["--env-id", env_id, "--seed", str(seed)]
                     args += ["--total-timesteps", str(steps)] if steps else []
                     args += list(bench.extra_args) if bench else []
@@ -234,6 +236,10 @@ def parse(argv):
     p.add_argument(
         "--mlx-fast-math", nargs="+", default=["on"], choices=["on", "off"],
         help="MLX runs with the scripts' fused kernels on Linux's CPU backend (on) and/or without (off: CLEANRL_MLX_FAST_MATH=0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mlx-one-core", nargs="+", default=["on"], choices=["on", "off"],
+        help="MLX runs with the rollout's threads on one core on Linux's CPU backend (on) and/or not (off: CLEANRL_MLX_ONE_CORE=0)",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed MLX run per script, env and variant")

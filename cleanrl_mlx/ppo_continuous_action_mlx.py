@@ -3,6 +3,7 @@
 Twin: cleanrl_torch_reference/ppo_continuous_action_torch.py. Docs: docs/ppo_continuous_action.md. Run: python cleanrl_mlx/ppo_continuous_action_mlx.py --env-id HalfCheetah-v5
 """
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -226,6 +227,25 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 # Linux CPU backend: mx.tanh runs one element at a time; a fused rational cuts update time ~23% (benchmark/results/issue21-*)
 MATH = "rational tanh" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_FAST_MATH") != "0" else "mlx"
+
+
+# Linux CPU backend: every mx.eval wakes MLX's stream thread, ~50 us on another, idle core of a VM: a rollout keeps every
+# thread on one core, the stream thread yielding to the main one (SCHED_BATCH). Inference -35% (benchmark/results/issue21-*)
+THREADS = "one core per rollout" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0" else "free"
+CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
+def share_core(on):
+    """on: every thread, MLX's stream thread too, on the core that the main thread runs on (field 39 of /proc/self/stat);
+    off: back on the cores the process started with. A thread that ends meanwhile (W&B's, tqdm's) is skipped."""
+    if THREADS == "free":
+        return
+    cores = {int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])} if on else CORES
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cores)
+            if tid != os.getpid():
+                os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
 
 
 def tanh(x):  # a rollout step's few rows: MLX's own kernel, one graph node instead of two (~2 us each per step)
@@ -500,10 +520,10 @@ if __name__ == "__main__":
     args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
     device = mx.gpu if args.device == "gpu" else mx.cpu
     mx.set_default_device(device)
-    MATH = MATH if args.device == "cpu" else "mlx"  # the GPU backends' own kernels are fast
-    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, math {MATH}")
+    MATH, THREADS = (MATH, THREADS) if args.device == "cpu" else ("mlx", "free")  # the GPU backends: their own kernels
+    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, math {MATH}, threads {THREADS}")
 
-    config = vars(args) | {"framework": "mlx", "blas": BLAS, "math": MATH}
+    config = vars(args) | {"framework": "mlx", "blas": BLAS, "math": MATH, "threads": THREADS}
     if args.track:
         import wandb
 
@@ -589,6 +609,7 @@ if __name__ == "__main__":
         if args.anneal_lr:  # Annealing the rate if instructed to do so.
             optimizer.learning_rate = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
+        share_core(True)
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
@@ -612,6 +633,7 @@ if __name__ == "__main__":
             timing["inference"] += t1 - t0
             timing["env"] += time.perf_counter() - t1
 
+        share_core(False)
         # bootstrap value if not done
         t0 = time.perf_counter()
         next_value = np.array(agent.get_value(mx.array(next_obs, dtype=mx.float32)))

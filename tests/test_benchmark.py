@@ -109,7 +109,7 @@ def test_expand_uses_registry_script_defaults_and_pass_through(fake_dirs):
         ("FakeEnv-v0", seed, v) for seed in (1, 2) for v in ("mlx", "mlx-bundled", "torch")
     ]
     assert all(s.args == ["--env-id", "FakeEnv-v0", "--seed", str(s.seed), "--extra", "5"] for s in specs)
-    fast = {"CLEANRL_MLX_FAST_MATH": None}  # the scripts' defaults, whatever the environment says
+    fast = {"CLEANRL_MLX_FAST_MATH": None, "CLEANRL_MLX_ONE_CORE": None}  # the scripts' defaults, whatever the environment says
     assert [s.env for s in specs[:3]] == [{"CLEANRL_MLX_BLAS": None} | fast, {"CLEANRL_MLX_BLAS": "bundled"} | fast, {}]
     # the registry's entry for ppo gives its envs and budget; the CLI overrides them
     (ppo,) = bench_run.expand(

@@ -1,10 +1,13 @@
 """Issue 21: the rational tanh that ppo and ppo_continuous_action use on Linux's CPU backend (CLEANRL_MLX_FAST_MATH)
 and c51's fused softmax stay within 1e-6 of MLX's kernels, torch's and float64; the opt-out gives MLX's kernel back
 bit for bit; the tanh block is written one way in both scripts; the startup line and the logged config name the
-kernel in use."""
+kernel in use. Also the other issue-21 change of ppo and ppo_continuous_action: a rollout keeps every thread on one
+core (CLEANRL_MLX_ONE_CORE)."""
 
+import os
 import re
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from benchmark.pairs import script_path
 from tests.helpers import check_ok, load_script, run_script
 
 FAST_SCRIPTS = fast_math.FAST_SCRIPTS
+ONE_CORE_SCRIPTS = ("ppo", "ppo_continuous_action")  # a rollout's threads on one core (CLEANRL_MLX_ONE_CORE)
+ONE_CORE_OPT_OUT = "CLEANRL_MLX_ONE_CORE"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the replacements are for Linux's CPU backend")
 
 
@@ -72,13 +77,19 @@ def test_the_opt_out_gives_mlx_kernels_back_exactly(scripts):
 
 
 def test_other_platforms_keep_mlx_kernels(monkeypatch):
-    """macOS (Accelerate): MLX's own kernels; the GPU backends are switched off in __main__, once the device is known."""
+    """macOS (Accelerate): MLX's own kernels and threads left where they are; the GPU backends are switched off in
+    __main__, once the device is known."""
     monkeypatch.setattr(sys, "platform", "darwin")
     monkeypatch.delenv(fast_math.OPT_OUT, raising=False)
     for name in (*FAST_SCRIPTS, "c51"):
-        assert load_script(name, "mlx").MATH == "mlx"
+        m = load_script(name, "mlx")
+        assert m.MATH == "mlx"
         source = script_path(name, "mlx").read_text()
-        assert 'MATH = MATH if args.device == "cpu" else "mlx"' in source
+        if name in ONE_CORE_SCRIPTS:  # and no thread is moved: share_core does nothing (it would read /proc)
+            assert m.THREADS == "free" and m.share_core(True) is None
+            assert 'MATH, THREADS = (MATH, THREADS) if args.device == "cpu" else ("mlx", "free")' in source
+        else:
+            assert 'MATH = MATH if args.device == "cpu" else "mlx"' in source
 
 
 def block(name, end):
@@ -100,18 +111,66 @@ def test_the_replacement_is_written_one_way_in_every_script():
     "name,opt_out,math", [("ppo", "1", "rational tanh"), ("ppo", "0", "mlx"), ("c51", "1", "fused softmax"), ("c51", "0", "mlx")]
 )
 def test_startup_line_and_config_name_the_kernels(tmp_path, name, opt_out, math):
-    env = {fast_math.OPT_OUT: opt_out}  # anything but "0" keeps the replacement
+    env = {fast_math.OPT_OUT: opt_out, ONE_CORE_OPT_OUT: opt_out}  # anything but "0" keeps the replacement
     short = ("--num-envs", "2", "--num-steps", "64") if name == "ppo" else ("--learning-starts", "100")
     proc = run_script(name, "mlx", "--total-timesteps", "512", *short, cwd=tmp_path, env=env)
     check_ok(proc)
-    assert re.search(rf"device cpu, BLAS \S+, math {math}\n", proc.stdout), proc.stdout[:500]
+    threads = ("one core per rollout" if opt_out == "1" else "free") if name in ONE_CORE_SCRIPTS else None
+    assert re.search(rf"device cpu, BLAS \S+, math {math}{f', threads {threads}' if threads else ''}\n", proc.stdout), proc.stdout
     (events,) = (tmp_path / "runs").glob("*/events.out.tfevents.*")
     assert f"|math|{math}|".encode() in events.read_bytes()
+    assert threads is None or f"|threads|{threads}|".encode() in events.read_bytes()
+
+
+def thread_ids():
+    return [int(t) for t in os.listdir("/proc/self/task")]
+
+
+@linux_only
+@pytest.mark.parametrize("name", ONE_CORE_SCRIPTS)
+def test_a_rollout_puts_every_thread_on_one_core_then_gives_the_cores_back(scripts, name, monkeypatch):
+    """share_core(True) moves MLX's stream thread and any other thread onto the main thread's core, the others yielding
+    to the main one (SCHED_BATCH); share_core(False) gives back the cores the process started with; the opt-out does
+    nothing."""
+    import mlx.core as mx
+
+    m = scripts[name]["fast"]
+    assert m.THREADS == "one core per rollout" and threading.get_native_id() == os.getpid(), "the test runs in the main thread"
+    mx.eval(mx.arange(3) + 1)  # MLX's CPU stream thread exists
+    idle = threading.Event()
+    other = threading.Thread(target=idle.wait)
+    other.start()
+    try:
+        m.share_core(True)
+        tids = thread_ids()
+        assert len(tids) >= 3, "the main thread, MLX's stream thread and `other` at least"
+        (core,) = {frozenset(os.sched_getaffinity(t)) for t in tids}
+        assert len(core) == 1 and core <= m.CORES
+        assert [os.sched_getscheduler(t) for t in tids if t != os.getpid()] == [os.SCHED_BATCH] * (len(tids) - 1)
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        m.share_core(False)
+        assert all(os.sched_getaffinity(t) == m.CORES for t in tids)
+        monkeypatch.setattr(m, "THREADS", "free")
+        m.share_core(True)
+        assert all(os.sched_getaffinity(t) == m.CORES for t in tids)
+    finally:
+        idle.set()
+        other.join()
+        for t in thread_ids():  # as they were, for the tests that follow in this process
+            os.sched_setaffinity(t, m.CORES)
+            os.sched_setscheduler(t, os.SCHED_OTHER, os.sched_param(0))
+
+
+def test_the_one_core_block_is_written_one_way():
+    blocks = {name: block(name, "def tanh(") for name in ONE_CORE_SCRIPTS}
+    assert len(set(blocks.values())) == 1, "share_core differs between " + ", ".join(blocks)
+    assert "# Linux CPU backend: every mx.eval wakes MLX's stream thread" in blocks["ppo"]
 
 
 def test_sweep_adds_an_opt_out_run_next_to_each_mlx_run():
     assert bench_run.variants(["mlx", "torch"], ["openblas"], ["on", "off"]) == [
-        ("mlx", "mlx", {"CLEANRL_MLX_BLAS": None, "CLEANRL_MLX_FAST_MATH": None}),
-        ("mlx", "mlx-nofastmath", {"CLEANRL_MLX_BLAS": None, "CLEANRL_MLX_FAST_MATH": "0"}),
+        ("mlx", "mlx", {"CLEANRL_MLX_BLAS": None, "CLEANRL_MLX_FAST_MATH": None, "CLEANRL_MLX_ONE_CORE": None}),
+        ("mlx", "mlx-nofastmath", {"CLEANRL_MLX_BLAS": None, "CLEANRL_MLX_FAST_MATH": "0", "CLEANRL_MLX_ONE_CORE": None}),
         ("torch", "torch", {}),
     ]
+    assert [label for _, label, _ in bench_run.variants(["mlx"], ["openblas"], ["on"], ["on", "off"])] == ["mlx", "mlx-anycore"]
