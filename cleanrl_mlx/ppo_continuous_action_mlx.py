@@ -230,22 +230,26 @@ MATH = "rational tanh" if sys.platform.startswith("linux") and os.environ.get("C
 
 
 # Linux CPU backend: every mx.eval wakes MLX's stream thread, ~50 us on another, idle core of a VM: a rollout keeps every
-# thread on one core, the stream thread yielding to the main one (SCHED_BATCH). Inference -35% (benchmark/results/issue21-*)
+# thread on one core, the stream thread yielding to the main one (SCHED_BATCH): SPS +15% (benchmark/results/issue21-s11-*)
 THREADS = "one core per rollout" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0" else "free"
 CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
 def share_core(on):
     """on: every thread, MLX's stream thread too, on the core that the main thread runs on (field 39 of /proc/self/stat);
-    off: back on the cores the process started with. A thread that ends meanwhile (W&B's, tqdm's) is skipped."""
+    off: the main thread back on the cores the process started with, the others on all of those but its own (left free,
+    MLX's stream thread at times stays beside it and the update loses its overlap). A thread that ends is skipped."""
     if THREADS == "free":
         return
-    cores = {int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])} if on else CORES
+    here = {int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])}
+    rest = here if on else CORES - here or CORES  # MLX's stream thread and any other
     for tid in map(int, os.listdir("/proc/self/task")):
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(tid, cores)
-            if tid != os.getpid():
+            if tid == os.getpid():
+                os.sched_setaffinity(tid, here if on else CORES)
+            else:
                 os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+                os.sched_setaffinity(tid, rest)
 
 
 def tanh(x):  # a rollout step's few rows: MLX's own kernel, one graph node instead of two (~2 us each per step)
