@@ -3,6 +3,7 @@
 Twin: cleanrl_torch_reference/a2c_torch.py. Docs: docs/a2c.md. Run: python cleanrl_mlx/a2c_mlx.py --env-id CartPole-v1
 """
 
+import contextlib
 import ctypes
 import math
 import os
@@ -154,6 +155,25 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     layer.weight = nn.init.orthogonal(gain=std)(layer.weight)
     layer.bias = mx.full(layer.bias.shape, bias_const)
     return layer
+
+
+# Linux CPU backend: every mx.eval wakes MLX's stream thread, ~50 us on another, idle core of a VM: the run keeps every
+# thread on one core, the stream thread yielding to the main one (SCHED_BATCH): SPS +15% (benchmark/results/issue21-s11-*)
+THREADS = "one core" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0" else "free"
+
+
+def share_core():
+    """Every thread, MLX's stream thread among them, on the core the main thread runs on (field 39 of /proc/self/stat),
+    the others SCHED_BATCH: they run when the main thread waits. Called every iteration, for threads started since (a
+    new thread inherits the core, not the policy); a thread that ends meanwhile is skipped."""
+    if THREADS == "free":
+        return
+    here = {int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])}
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, here)
+            if tid != os.getpid():
+                os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
 
 
 def tanh(x):  # a rollout step's few rows: MLX's own kernel, one graph node instead of two (~2 us each per step)
@@ -308,9 +328,10 @@ if __name__ == "__main__":
     args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
     device = mx.gpu if args.device == "gpu" else mx.cpu
     mx.set_default_device(device)
-    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+    THREADS = THREADS if args.device == "cpu" else "free"  # the GPU backends: no stream thread to share a core with
+    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, threads {THREADS}")
 
-    config = vars(args) | {"framework": "mlx", "blas": BLAS}
+    config = vars(args) | {"framework": "mlx", "blas": BLAS, "threads": THREADS}
     if args.track:
         import wandb
 
@@ -368,6 +389,7 @@ if __name__ == "__main__":
         if args.anneal_lr:  # Annealing the rate if instructed to do so.
             optimizer.learning_rate = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
+        share_core()
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs

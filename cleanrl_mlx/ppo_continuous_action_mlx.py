@@ -229,27 +229,23 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 MATH = "rational tanh" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_FAST_MATH") != "0" else "mlx"
 
 
-# Linux CPU backend: every mx.eval wakes MLX's stream thread, ~50 us on another, idle core of a VM: a rollout keeps every
+# Linux CPU backend: every mx.eval wakes MLX's stream thread, ~50 us on another, idle core of a VM: the run keeps every
 # thread on one core, the stream thread yielding to the main one (SCHED_BATCH): SPS +15% (benchmark/results/issue21-s11-*)
-THREADS = "one core per rollout" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0" else "free"
-CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+THREADS = "one core" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0" else "free"
 
 
-def share_core(on):
-    """on: every thread, MLX's stream thread too, on the core that the main thread runs on (field 39 of /proc/self/stat);
-    off: the main thread back on the cores the process started with, the others on all of those but its own (left free,
-    MLX's stream thread at times stays beside it and the update loses its overlap). A thread that ends is skipped."""
+def share_core():
+    """Every thread, MLX's stream thread among them, on the core the main thread runs on (field 39 of /proc/self/stat),
+    the others SCHED_BATCH: they run when the main thread waits. Called every iteration, for threads started since (a
+    new thread inherits the core, not the policy); a thread that ends meanwhile is skipped."""
     if THREADS == "free":
         return
     here = {int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])}
-    rest = here if on else CORES - here or CORES  # MLX's stream thread and any other
     for tid in map(int, os.listdir("/proc/self/task")):
         with contextlib.suppress(OSError):
-            if tid == os.getpid():
-                os.sched_setaffinity(tid, here if on else CORES)
-            else:
+            os.sched_setaffinity(tid, here)
+            if tid != os.getpid():
                 os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
-                os.sched_setaffinity(tid, rest)
 
 
 def tanh(x):  # a rollout step's few rows: MLX's own kernel, one graph node instead of two (~2 us each per step)
@@ -613,7 +609,7 @@ if __name__ == "__main__":
         if args.anneal_lr:  # Annealing the rate if instructed to do so.
             optimizer.learning_rate = (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
-        share_core(True)
+        share_core()
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
@@ -637,7 +633,6 @@ if __name__ == "__main__":
             timing["inference"] += t1 - t0
             timing["env"] += time.perf_counter() - t1
 
-        share_core(False)
         # bootstrap value if not done
         t0 = time.perf_counter()
         next_value = np.array(agent.get_value(mx.array(next_obs, dtype=mx.float32)))

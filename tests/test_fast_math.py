@@ -1,8 +1,8 @@
 """Issue 21: the rational tanh that ppo and ppo_continuous_action use on Linux's CPU backend (CLEANRL_MLX_FAST_MATH)
 and c51's fused softmax stay within 1e-6 of MLX's kernels, torch's and float64; the opt-out gives MLX's kernel back
 bit for bit; the tanh block is written one way in both scripts; the startup line and the logged config name the
-kernel in use. Also the other issue-21 change of ppo and ppo_continuous_action: a rollout keeps every thread on one
-core (CLEANRL_MLX_ONE_CORE)."""
+kernel in use. Also the other issue-21 change, in ppo, ppo_continuous_action and a2c: every thread on one core
+(CLEANRL_MLX_ONE_CORE)."""
 
 import os
 import re
@@ -18,7 +18,7 @@ from benchmark.pairs import script_path
 from tests.helpers import check_ok, load_script, run_script
 
 FAST_SCRIPTS = fast_math.FAST_SCRIPTS
-ONE_CORE_SCRIPTS = ("ppo", "ppo_continuous_action")  # a rollout's threads on one core (CLEANRL_MLX_ONE_CORE)
+ONE_CORE_SCRIPTS = ("ppo", "ppo_continuous_action", "a2c")  # every thread on one core (CLEANRL_MLX_ONE_CORE)
 ONE_CORE_OPT_OUT = "CLEANRL_MLX_ONE_CORE"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the replacements are for Linux's CPU backend")
 
@@ -26,7 +26,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 @pytest.fixture(scope="module")
 def scripts():
     """{name: {"fast": module, "mlx": module loaded with CLEANRL_MLX_FAST_MATH=0}} for the scripts with a replacement."""
-    out = {name: fast_math.load_both(name) for name in (*FAST_SCRIPTS, "c51")}
+    out = {name: fast_math.load_both(name) for name in (*FAST_SCRIPTS, "c51", "a2c")}
     import mlx.core as mx
 
     mx.set_default_device(mx.cpu)
@@ -86,10 +86,13 @@ def test_other_platforms_keep_mlx_kernels(monkeypatch):
         assert m.MATH == "mlx"
         source = script_path(name, "mlx").read_text()
         if name in ONE_CORE_SCRIPTS:  # and no thread is moved: share_core does nothing (it would read /proc)
-            assert m.THREADS == "free" and m.share_core(True) is None
+            assert m.THREADS == "free" and m.share_core() is None
             assert 'MATH, THREADS = (MATH, THREADS) if args.device == "cpu" else ("mlx", "free")' in source
         else:
             assert 'MATH = MATH if args.device == "cpu" else "mlx"' in source
+    m = load_script("a2c", "mlx")
+    assert m.THREADS == "free" and m.share_core() is None
+    assert 'THREADS = THREADS if args.device == "cpu" else "free"' in script_path("a2c", "mlx").read_text()
 
 
 def block(name, end):
@@ -108,17 +111,19 @@ def test_the_replacement_is_written_one_way_in_every_script():
 
 @linux_only
 @pytest.mark.parametrize(
-    "name,opt_out,math", [("ppo", "1", "rational tanh"), ("ppo", "0", "mlx"), ("c51", "1", "fused softmax"), ("c51", "0", "mlx")]
+    "name,opt_out,math",
+    [("ppo", "1", "rational tanh"), ("ppo", "0", "mlx"), ("c51", "1", "fused softmax"), ("c51", "0", "mlx"), ("a2c", "1", None)],
 )
 def test_startup_line_and_config_name_the_kernels(tmp_path, name, opt_out, math):
     env = {fast_math.OPT_OUT: opt_out, ONE_CORE_OPT_OUT: opt_out}  # anything but "0" keeps the replacement
-    short = ("--num-envs", "2", "--num-steps", "64") if name == "ppo" else ("--learning-starts", "100")
+    short = {"ppo": ("--num-envs", "2", "--num-steps", "64"), "c51": ("--learning-starts", "100")}.get(name, ())
     proc = run_script(name, "mlx", "--total-timesteps", "512", *short, cwd=tmp_path, env=env)
     check_ok(proc)
-    threads = ("one core per rollout" if opt_out == "1" else "free") if name in ONE_CORE_SCRIPTS else None
-    assert re.search(rf"device cpu, BLAS \S+, math {math}{f', threads {threads}' if threads else ''}\n", proc.stdout), proc.stdout
+    threads = ("one core" if opt_out == "1" else "free") if name in ONE_CORE_SCRIPTS else None
+    line = ", ".join([r"device cpu, BLAS \S+"] + [f"math {math}"] * bool(math) + [f"threads {threads}"] * bool(threads))
+    assert re.search(line + "\n", proc.stdout), proc.stdout
     (events,) = (tmp_path / "runs").glob("*/events.out.tfevents.*")
-    assert f"|math|{math}|".encode() in events.read_bytes()
+    assert math is None or f"|math|{math}|".encode() in events.read_bytes()
     assert threads is None or f"|threads|{threads}|".encode() in events.read_bytes()
 
 
@@ -128,44 +133,50 @@ def thread_ids():
 
 @linux_only
 @pytest.mark.parametrize("name", ONE_CORE_SCRIPTS)
-def test_a_rollout_puts_every_thread_on_one_core_then_gives_the_cores_back(scripts, name, monkeypatch):
-    """share_core(True) moves MLX's stream thread and any other thread onto the main thread's core, the others yielding
-    to the main one (SCHED_BATCH); share_core(False) gives the main thread back the cores the process started with and
-    the others all of those but the main thread's; the opt-out does nothing."""
+def test_share_core_puts_every_thread_on_the_main_threads_core(scripts, name, monkeypatch):
+    """share_core() moves MLX's stream thread and any other thread onto the core the main thread runs on, the others
+    yielding to the main one (SCHED_BATCH); a thread started later is caught by the next call; the opt-out does
+    nothing."""
     import mlx.core as mx
 
     m = scripts[name]["fast"]
-    assert m.THREADS == "one core per rollout" and threading.get_native_id() == os.getpid(), "the test runs in the main thread"
+    assert m.THREADS == "one core" and threading.get_native_id() == os.getpid(), "the test runs in the main thread"
     mx.eval(mx.arange(3) + 1)  # MLX's CPU stream thread exists
+    cores = os.sched_getaffinity(0)
     idle = threading.Event()
-    other = threading.Thread(target=idle.wait)
-    other.start()
+    others = [threading.Thread(target=idle.wait)]
+    others[0].start()
     try:
-        m.share_core(True)
+        m.share_core()
+        others.append(threading.Thread(target=idle.wait))  # started after the call: on the core, not yet SCHED_BATCH
+        others[1].start()
+        m.share_core()
         tids = thread_ids()
-        assert len(tids) >= 3, "the main thread, MLX's stream thread and `other` at least"
+        assert len(tids) >= 4, "the main thread, MLX's stream thread and the two others at least"
         (core,) = {frozenset(os.sched_getaffinity(t)) for t in tids}
-        assert len(core) == 1 and core <= m.CORES
+        assert len(core) == 1 and core <= cores
         assert [os.sched_getscheduler(t) for t in tids if t != os.getpid()] == [os.SCHED_BATCH] * (len(tids) - 1)
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
-        m.share_core(False)  # the main thread on every core, the others off its core (the update's overlap)
-        assert os.sched_getaffinity(0) == m.CORES
-        assert all(os.sched_getaffinity(t) == (m.CORES - core or m.CORES) for t in tids if t != os.getpid())
+        for t in tids:
+            os.sched_setaffinity(t, cores)
         monkeypatch.setattr(m, "THREADS", "free")
-        m.share_core(True)
-        assert os.sched_getaffinity(0) == m.CORES
+        m.share_core()
+        assert all(os.sched_getaffinity(t) == cores for t in tids)
     finally:
         idle.set()
-        other.join()
+        for thread in others:
+            thread.join()
         for t in thread_ids():  # as they were, for the tests that follow in this process
-            os.sched_setaffinity(t, m.CORES)
+            os.sched_setaffinity(t, cores)
             os.sched_setscheduler(t, os.SCHED_OTHER, os.sched_param(0))
 
 
 def test_the_one_core_block_is_written_one_way():
-    blocks = {name: block(name, "def tanh(") for name in ONE_CORE_SCRIPTS}
+    begin = "# Linux CPU backend: every mx.eval wakes MLX's stream thread"
+    blocks = {name: script_path(name, "mlx").read_text().split(begin)[1].split("def tanh(")[0] for name in ONE_CORE_SCRIPTS}
     assert len(set(blocks.values())) == 1, "share_core differs between " + ", ".join(blocks)
-    assert "# Linux CPU backend: every mx.eval wakes MLX's stream thread" in blocks["ppo"]
+    selection = 'THREADS = "one core" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0"'
+    assert selection in blocks["ppo"]
 
 
 def test_sweep_adds_an_opt_out_run_next_to_each_mlx_run():

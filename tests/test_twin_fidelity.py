@@ -34,7 +34,7 @@ FRAMEWORK = re.compile(
 # Helpers one framework needs and the other does not (e.g. MLX has no nn.Sequential with torch's names,
 # no built-in space-to-depth convolution, no in-place Polyak copy).
 # (LSTM: torch's parameter layout, which MLX's own LSTM does not have; RAdam: not in mlx.optimizers; softmax: c51's
-# fused one for Linux's CPU backend, issue 21; share_core: a rollout's threads, MLX's stream thread among them, on one core)
+# fused one for Linux's CPU backend, issue 21; share_core: every thread, MLX's stream thread among them, on one core)
 MLX_ONLY = {
     "tanh",
     "batch_tanh",
@@ -53,18 +53,18 @@ METHOD_ALIASES = {"__call__": "forward"}
 
 # diff lines (both sides, blank lines not counted) per pair; lower a number when a pair gets closer.
 MAX_DIFF_LINES = {
-    "a2c": 161,
+    "a2c": 179,
     "allo": 114,
     "c51": 156,
     "ddpg": 201,
     "dqn": 115,
     "dqn_atari": 199,
-    "ppo": 196,
+    "ppo": 191,
     "ppo_atari": 242,
     "ppo_atari_envpool": 242,
     "ppo_atari_lstm": 303,
     "ppo_atari_multigpu": 285,
-    "ppo_continuous_action": 250,
+    "ppo_continuous_action": 245,
     "pqn": 138,
     "qrdqn": 128,
     "qrdqn_actor_learner": 129,
@@ -85,21 +85,21 @@ NO_ENV_LOOP = {"allo"}
 # function, so that compile fuses it with the bias add (4 lines, 2 diff lines; 40 -> 32 graph nodes per step in ppo,
 # ~3% more SPS); ppo and ppo_continuous_action evaluate their gradient steps asynchronously, one sync per update
 # (1 line; update phase -7%). Every script names its TensorBoard folder to W&B (one line: a tracked run ends
-# 10 s sooner). ppo and ppo_continuous_action keep a rollout's threads on one core (issue 21, share_core): 26-28 lines,
-# 22-24 diff lines, for 15-16% more SPS on this 2-core VM (benchmark/results/issue21-s11-*).
+# 10 s sooner). ppo, ppo_continuous_action and a2c keep every thread on one core (issue 21, share_core):
+# 21-23 lines, 17-19 diff lines, for 18-21% more SPS on the 2-core VM (benchmark/results/issue21-s11-*).
 MAX_LINES = {
-    "a2c": 454,
+    "a2c": 476,
     "allo": 530,
     "c51": 447,
     "ddpg": 575,
     "dqn": 387,
     "dqn_atari": 701,
-    "ppo": 494,
+    "ppo": 489,
     "ppo_atari": 709,
     "ppo_atari_envpool": 668,
     "ppo_atari_lstm": 776,
     "ppo_atari_multigpu": 771,
-    "ppo_continuous_action": 716,
+    "ppo_continuous_action": 711,
     "pqn": 404,
     "qrdqn": 420,
     "qrdqn_actor_learner": 675,
