@@ -164,8 +164,8 @@ THREADS = "one core" if sys.platform.startswith("linux") and os.environ.get("CLE
 
 def share_core():
     """Every thread, MLX's stream thread among them, on the core the main thread runs on (field 39 of /proc/self/stat),
-    the others SCHED_BATCH: they run when the main thread waits. Called every iteration, for threads started since (a
-    new thread inherits the core, not the policy); a thread that ends meanwhile is skipped."""
+    the others SCHED_BATCH: they run when the main thread waits. Called again every iteration (or 1000 steps), for
+    threads started since (a new thread inherits the core, not the policy); a thread that ends meanwhile is skipped."""
     if THREADS == "free":
         return
     here = {int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])}

@@ -3,6 +3,7 @@
 Twin: cleanrl_torch_reference/c51_torch.py. Docs: docs/c51.md. Run: python cleanrl_mlx/c51_mlx.py --env-id CartPole-v1
 """
 
+import contextlib
 import ctypes
 import os
 import random
@@ -155,6 +156,25 @@ def forward(layers, x):
 # (benchmark/results/issue21-c51): exp(t) = 2^(t log2 e) = 2^n 2^f, n rounded (adding 1.5 * 2^23) into the exponent
 # bits, 2^f (|f| <= 1/2) a minimax polynomial
 MATH = "fused softmax" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_FAST_MATH") != "0" else "mlx"
+
+
+# Linux CPU backend: every mx.eval wakes MLX's stream thread, ~50 us on another, idle core of a VM: the run keeps every
+# thread on one core, the stream thread yielding to the main one (SCHED_BATCH): SPS +15% (benchmark/results/issue21-s11-*)
+THREADS = "one core" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0" else "free"
+
+
+def share_core():
+    """Every thread, MLX's stream thread among them, on the core the main thread runs on (field 39 of /proc/self/stat),
+    the others SCHED_BATCH: they run when the main thread waits. Called again every iteration (or 1000 steps), for
+    threads started since (a new thread inherits the core, not the policy); a thread that ends meanwhile is skipped."""
+    if THREADS == "free":
+        return
+    here = {int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])}
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, here)
+            if tid != os.getpid():
+                os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
 
 
 @mx.custom_function
@@ -320,10 +340,12 @@ if __name__ == "__main__":
     args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
     device = mx.gpu if args.device == "gpu" else mx.cpu
     mx.set_default_device(device)
-    MATH = MATH if args.device == "cpu" else "mlx"  # the GPU backends' own kernels are fast
-    print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, math {MATH}")
+    MATH, THREADS = (MATH, THREADS) if args.device == "cpu" else ("mlx", "free")  # the GPU backends: their own kernels
+    print(
+        f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, math {MATH}, threads {THREADS}"
+    )
 
-    config = vars(args) | {"framework": "mlx", "algo": "c51", "blas": BLAS, "math": MATH}
+    config = vars(args) | {"framework": "mlx", "algo": "c51", "blas": BLAS, "math": MATH, "threads": THREADS}
     if args.track:
         import wandb
 
@@ -372,6 +394,8 @@ if __name__ == "__main__":
     timing = dict.fromkeys(("env", "inference", "update"), 0.0)  # seconds per phase since the last log
     last_log_step, last_return = 0, float("nan")
     for global_step in (progress := tqdm(range(args.total_timesteps), disable=not sys.stderr.isatty())):
+        if global_step % 1000 == 0:
+            share_core()
         # ALGO LOGIC: put action logic here
         t0 = time.perf_counter()
         epsilon = linear_schedule(args.start_e, args.end_e, args.exploration_fraction * args.total_timesteps, global_step)

@@ -18,7 +18,7 @@ from benchmark.pairs import script_path
 from tests.helpers import check_ok, load_script, run_script
 
 FAST_SCRIPTS = fast_math.FAST_SCRIPTS
-ONE_CORE_SCRIPTS = ("ppo", "ppo_continuous_action", "a2c")  # every thread on one core (CLEANRL_MLX_ONE_CORE)
+ONE_CORE_SCRIPTS = ("ppo", "ppo_continuous_action", "a2c", "c51")  # every thread on one core (CLEANRL_MLX_ONE_CORE)
 ONE_CORE_OPT_OUT = "CLEANRL_MLX_ONE_CORE"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the replacements are for Linux's CPU backend")
 
@@ -85,11 +85,9 @@ def test_other_platforms_keep_mlx_kernels(monkeypatch):
         m = load_script(name, "mlx")
         assert m.MATH == "mlx"
         source = script_path(name, "mlx").read_text()
-        if name in ONE_CORE_SCRIPTS:  # and no thread is moved: share_core does nothing (it would read /proc)
-            assert m.THREADS == "free" and m.share_core() is None
-            assert 'MATH, THREADS = (MATH, THREADS) if args.device == "cpu" else ("mlx", "free")' in source
-        else:
-            assert 'MATH = MATH if args.device == "cpu" else "mlx"' in source
+        # and no thread is moved: share_core does nothing (it would read /proc)
+        assert m.THREADS == "free" and m.share_core() is None
+        assert 'MATH, THREADS = (MATH, THREADS) if args.device == "cpu" else ("mlx", "free")' in source
     m = load_script("a2c", "mlx")
     assert m.THREADS == "free" and m.share_core() is None
     assert 'THREADS = THREADS if args.device == "cpu" else "free"' in script_path("a2c", "mlx").read_text()
@@ -173,7 +171,11 @@ def test_share_core_puts_every_thread_on_the_main_threads_core(scripts, name, mo
 
 def test_the_one_core_block_is_written_one_way():
     begin = "# Linux CPU backend: every mx.eval wakes MLX's stream thread"
-    blocks = {name: script_path(name, "mlx").read_text().split(begin)[1].split("def tanh(")[0] for name in ONE_CORE_SCRIPTS}
+    blocks = {}
+    for name in ONE_CORE_SCRIPTS:
+        comment_and_selection, function = script_path(name, "mlx").read_text().split(begin)[1].split("\n\n\n")[:2]
+        assert function.startswith("def share_core():"), name
+        blocks[name] = begin + comment_and_selection + function
     assert len(set(blocks.values())) == 1, "share_core differs between " + ", ".join(blocks)
     selection = 'THREADS = "one core" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0"'
     assert selection in blocks["ppo"]
