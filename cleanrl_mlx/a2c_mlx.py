@@ -158,7 +158,7 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 # Linux CPU backend: every mx.eval wakes MLX's stream thread, ~50 us on another, idle core of a VM: the run keeps every
-# thread on one core, the stream thread yielding to the main one (SCHED_BATCH): SPS +15% (benchmark/results/issue21-s11-*)
+# thread on one core, the stream thread yielding to the main one (SCHED_BATCH): SPS +18-23% (benchmark/results/issue21-s11-*)
 THREADS = "one core" if sys.platform.startswith("linux") and os.environ.get("CLEANRL_MLX_ONE_CORE") != "0" else "free"
 
 
