@@ -77,7 +77,7 @@ def variants(frameworks, mlx_blas, mlx_fast_math=("on",), mlx_one_core=("on",)) 
             for blas, fast, one in itertools.product(mlx_blas, mlx_fast_math, mlx_one_core):
                 label = ("mlx" if blas == "openblas" else f"mlx-{blas}") + ("" if fast == "on" else "-nofastmath")
                 label += "" if one == "on" else "-anycore"
-                # "openblas", fast math and one core per rollout are the scripts' defaults: no inherited opt-out changes them
+                # "openblas", fast math and one core are the scripts' defaults: no inherited opt-out changes them
                 env = {"CLEANRL_MLX_BLAS": "bundled" if blas == "bundled" else None}
                 env |= {"CLEANRL_MLX_FAST_MATH": None if fast == "on" else "0"}
                 out.append((fw, label, env | {"CLEANRL_MLX_ONE_CORE": None if one == "on" else "0"}))
@@ -239,7 +239,7 @@ def parse(argv):
     )  # fmt: skip
     p.add_argument(
         "--mlx-one-core", nargs="+", default=["on"], choices=["on", "off"],
-        help="MLX runs with the rollout's threads on one core on Linux's CPU backend (on) and/or not (off: CLEANRL_MLX_ONE_CORE=0)",
+        help="MLX runs with every thread on one core on Linux's CPU backend (on) and/or not (off: CLEANRL_MLX_ONE_CORE=0)",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed MLX run per script, env and variant")

@@ -1,7 +1,7 @@
 """Issue 21: the rational tanh that ppo and ppo_continuous_action use on Linux's CPU backend (CLEANRL_MLX_FAST_MATH)
 and c51's fused softmax stay within 1e-6 of MLX's kernels, torch's and float64; the opt-out gives MLX's kernel back
 bit for bit; the tanh block is written one way in both scripts; the startup line and the logged config name the
-kernel in use. Also the other issue-21 change, in ppo, ppo_continuous_action and a2c: every thread on one core
+kernel in use. Also the other issue-21 change, in ppo, ppo_continuous_action, a2c and c51: every thread on one core
 (CLEANRL_MLX_ONE_CORE)."""
 
 import os
