@@ -57,7 +57,8 @@ def published(row) -> str:
 
 def machine_cell(row) -> str:
     m = row["machine"]
-    return f"{m['cpu']}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}"
+    cpu = f"{m['cpu']} ({m['simd']})" if m.get("simd") else m["cpu"]
+    return f"{cpu}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}"
 
 
 def link(path: Path, page_dir: Path) -> str:
@@ -105,7 +106,7 @@ def readme_block(rows, pairs, page_dir: Path = REPO) -> str:
         folder = link(mlx["folder"], page_dir)
         sps = number(mlx["sps_ratio_vs_torch"], ".2f")
         if shared(mlx["machine"]):  # runs that shared the machine: the speed from the largest quiet run
-            same = ("cpu", "cores", "os")  # on the same machine (CPU, cores, kernel build), or none
+            same = ("cpu", "simd", "cores", "os")  # on the same machine (CPU, vector unit, cores, kernel build), or none
             quiet = [
                 r for r in rows if not shared(r["machine"]) and all(r["machine"].get(k) == mlx["machine"].get(k) for k in same)
             ]

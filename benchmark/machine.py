@@ -25,6 +25,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def simd() -> str:
+    """The widest vector instructions the CPU has (Linux; '' elsewhere): MLX's and torch's kernels, and so their
+    ratio, depend on it (this project's PPO ratio was 2.39x on a VM without AVX, 1.63x on one with AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
+    except OSError:
+        return ""
+    return next(
+        (name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON")) if flag in flags),
+        "",
+    )
+
+
 def version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -37,6 +51,7 @@ def machine_info() -> dict:
     return {
         "host": socket.gethostname(),
         "cpu": cpu_model(),
+        "simd": simd(),
         "cores": os.cpu_count(),
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -49,8 +64,9 @@ def machine_info() -> dict:
 
 def describe(info: dict) -> str:
     """One line naming the machine and the versions."""
+    cpu = f"{info['cpu']} ({info['simd']})" if info.get("simd") else info["cpu"]
     return (
-        f"{info['cpu']}, {info['cores']} cores, {info['os']}; Python {info['python']}, mlx {info['mlx']}, "
+        f"{cpu}, {info['cores']} cores, {info['os']}; Python {info['python']}, mlx {info['mlx']}, "
         f"torch {info['torch']}, gymnasium {info['gymnasium']}"
     )
 

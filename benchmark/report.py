@@ -9,6 +9,10 @@ interval (rliable, as RL papers report it), median SPS, wall time, the MLX/torch
 interval, the timing/* breakdown (µs per env step) and CleanRL's published return where the registry has one.
 Without rliable installed the report leaves the IQM and the intervals out and says so. Then
 `python -m benchmark.docs` rewrites the README's and the docs pages' results blocks from every folder.
+
+Each run is also recorded in runs.csv and its smoothed learning curve in curves.csv, next to results.md. With
+`--keep-recorded` the report adds the recorded runs that the sweep folder does not hold (a run in the folder
+replaces its record), so a table whose runs span sittings or machines survives the loss of their logs.
 """
 
 import argparse
@@ -29,6 +33,12 @@ from benchmark.registry import TIMING_TAGS, published_for
 from benchmark.run import log_tail
 
 LAST_EPISODES = 100
+SMOOTH_EPISODES = 10  # a learning curve is the mean over this many episodes ...
+CURVE_POINTS = 300  # ... kept at this many points per run (plotted and recorded)
+RECORD_FIELDS = [
+    "name", "script", "env_id", "variant", "framework", "seed", "returncode", "blas", "device", "steps", "final_return",
+    "sps", *TIMING_TAGS, "wall_s", "peak_rss_mb", "started", "machine", "args", "log_tail",
+]  # fmt: skip
 MIN_SEEDS_FOR_INTERVALS = 3
 BOOTSTRAP_REPS = 10_000
 COLUMNS = [
@@ -60,6 +70,20 @@ def parse_log(text: str) -> dict:
     return out
 
 
+def smoothed_curve(points, window=SMOOTH_EPISODES, max_points=CURVE_POINTS) -> list[tuple[int, float]]:
+    """Episodic returns [(step, return), ...] as their running mean over `window` episodes, at most `max_points`
+    of them (evenly spaced, the last one kept)."""
+    if not points:
+        return []
+    steps = np.array([s for s, _ in points])
+    values = np.array([v for _, v in points], dtype=float)
+    if len(values) >= window:
+        values = np.convolve(values, np.ones(window) / window, mode="valid")
+        steps = steps[window - 1 :]
+    keep = np.unique(np.linspace(0, len(values) - 1, min(len(values), max_points)).round().astype(int))
+    return [(int(steps[i]), float(values[i])) for i in keep]
+
+
 def load_run(run_dir: Path) -> dict:
     """One run: its run.json, its scalars, and the numbers the report needs from them."""
     record = json.loads((run_dir / "run.json").read_text())
@@ -67,11 +91,12 @@ def load_run(run_dir: Path) -> dict:
     log = (run_dir / "stdout.log").read_text(errors="replace") if (run_dir / "stdout.log").exists() else ""
     record |= parse_log(log)
     if record["returncode"] != 0:
+        record["log_tail"] = log_tail(run_dir)
         return record
     (tb_dir,) = [p for p in (run_dir / "runs").iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))]
     scalars = read_scalars(tb_dir)
     returns = [v for _, v in scalars.get("charts/episodic_return", [])]
-    record["curve"] = scalars.get("charts/episodic_return", [])
+    record["curve"] = smoothed_curve(scalars.get("charts/episodic_return", []))
     record["final_return"] = float(np.mean(returns[-LAST_EPISODES:])) if returns else math.nan
     record["sps"] = float(np.median([v for _, v in scalars["charts/SPS"]]))
     record["steps"] = scalars["charts/SPS"][-1][0]
@@ -80,8 +105,49 @@ def load_run(run_dir: Path) -> dict:
     return record
 
 
-def load_sweep(sweep_dir: Path) -> list[dict]:
-    runs = [load_run(p) for p in sorted(Path(sweep_dir).iterdir()) if (p / "run.json").exists()]
+def write_records(runs: list[dict], out_dir: Path) -> None:
+    """runs.csv (one row per run: what the table is computed from) and curves.csv (each run's smoothed curve)."""
+    with open(out_dir / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in sorted(runs, key=lambda r: r["name"]):
+            writer.writerow({**r, "machine": json.dumps(r["machine"], sort_keys=True), "args": json.dumps(r.get("args", []))})
+    with open(out_dir / "curves.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "step", "return"])
+        for r in sorted(runs, key=lambda r: r["name"]):
+            writer.writerows((r["name"], step, f"{value:.6g}") for step, value in r.get("curve") or [])
+
+
+def read_records(out_dir: Path) -> list[dict]:
+    """The runs recorded by write_records, in the shape load_run gives (no folder, so no logs to upload)."""
+    if not (out_dir / "runs.csv").exists():
+        return []
+    curves: dict[str, list] = {}
+    if (out_dir / "curves.csv").exists():
+        with open(out_dir / "curves.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                curves.setdefault(row["name"], []).append((int(row["step"]), float(row["return"])))
+    text = {"name", "script", "env_id", "variant", "framework", "blas", "device", "log_tail"}
+    records = []
+    with open(out_dir / "runs.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            r = {k: v if k in text else (float(v) if v else math.nan) for k, v in row.items() if k not in ("machine", "args")}
+            r |= {"seed": int(r["seed"]), "returncode": int(r["returncode"]), "machine": json.loads(row["machine"])}
+            r |= {"args": json.loads(row["args"]), "dir": None, "curve": curves.get(r["name"], [])}
+            if r["returncode"] == 0:
+                r["steps"] = int(r["steps"])
+            records.append(r)
+    return records
+
+
+def load_sweep(sweep_dir: Path, keep_from: Path | None = None) -> list[dict]:
+    """The runs in sweep_dir and, with keep_from, the runs recorded there that sweep_dir does not hold."""
+    sweep_dir = Path(sweep_dir)
+    runs = [load_run(p) for p in sorted(sweep_dir.iterdir()) if (p / "run.json").exists()] if sweep_dir.is_dir() else []
+    if keep_from is not None:
+        names = {r["name"] for r in runs}
+        runs += [r for r in read_records(keep_from) if r["name"] not in names]
     if not runs:
         raise SystemExit(f"benchmark.report: no runs (no */run.json) in {sweep_dir}")
     return runs
@@ -117,7 +183,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             "sps_ratio_vs_torch": math.nan,
             **dict.fromkeys(("sps_ratio_low", "sps_ratio_high"), math.nan),
             "wall_s_mean": float(np.mean([r["wall_s"] for r in ok])) if ok else math.nan,
-            "peak_rss_mb": max((r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb")), default=math.nan),
+            "peak_rss_mb": max(
+                (r["peak_rss_mb"] for r in ok if r.get("peak_rss_mb") and math.isfinite(r["peak_rss_mb"])), default=math.nan
+            ),
             "env_us": float(np.mean([r["timing/env_us"] for r in ok])) if ok else math.nan,
             "inference_us": float(np.mean([r["timing/inference_us"] for r in ok])) if ok else math.nan,
             "update_us": float(np.mean([r["timing/update_us"] for r in ok])) if ok else math.nan,
@@ -232,24 +300,21 @@ def table_md(rows) -> str:
 
 
 def machine_of(runs) -> dict:
-    machines = {json.dumps(r["machine"], sort_keys=True) for r in runs}
-    info = dict(runs[0]["machine"])
-    if len(machines) > 1:
-        info["hosts"] = sorted({r["machine"]["host"] for r in runs})
+    """The machine most of the runs ran on; with `others`, how many ran elsewhere and on what."""
+    machines = [json.dumps(r["machine"], sort_keys=True) for r in runs]
+    most = max(set(machines), key=lambda m: (machines.count(m), m))
+    info = dict(next(r["machine"] for r, m in zip(runs, machines) if m == most))
+    if len(set(machines)) > 1:
+        info["others"] = {
+            "runs": sum(m != most for m in machines),
+            "machines": sorted({describe(json.loads(m)) for m in machines} - {describe(info)}),
+        }
     info["mlx_device"] = "/".join(sorted({r["device"] for r in runs if r["framework"] == "mlx" and r.get("device")}))
     info["mlx_blas"] = "/".join(sorted({r["blas"] for r in runs if r["framework"] == "mlx" and r.get("blas")}))
     return info
 
 
 # ---------------------------------------------------------------- plots
-
-
-def curve_on_grid(curve, grid, window=10):
-    """A run's episodic returns (smoothed over `window` episodes) interpolated on a common step grid."""
-    steps = np.array([s for s, _ in curve], dtype=float)
-    values = np.array([v for _, v in curve], dtype=float)
-    smooth = np.convolve(values, np.ones(window) / window, mode="valid") if len(values) >= window else values
-    return np.interp(grid, steps[len(steps) - len(smooth) :], smooth)
 
 
 def plot_curves(runs, script, env_id, path):
@@ -262,8 +327,8 @@ def plot_curves(runs, script, env_id, path):
             by_variant.setdefault(r["variant"], []).append(r["curve"])
     for variant in sorted(by_variant, key=variant_order):
         curves = by_variant[variant]
-        grid = np.linspace(0, min(c[-1][0] for c in curves), 200)
-        ys = np.stack([curve_on_grid(c, grid) for c in curves])
+        grid = np.linspace(0, min(c[-1][0] for c in curves), 200)  # each curve is smoothed already (smoothed_curve)
+        ys = np.stack([np.interp(grid, [s for s, _ in c], [v for _, v in c]) for c in curves])
         mean, std = ys.mean(0), ys.std(0)
         ax.plot(grid, mean, label=f"{variant} ({len(curves)} seeds)")
         ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
@@ -351,6 +416,9 @@ def upload_wandb(runs, project: str, entity=None, wandb_dir=None) -> None:
     for r in runs:
         if r["returncode"] != 0:
             continue
+        if r["dir"] is None:
+            print(f"benchmark.report: {r['name']} is only recorded (its logs are not here): not uploaded")
+            continue
         (tb_dir,) = [p for p in (r["dir"] / "runs").iterdir() if p.is_dir()]
         config = {
             "framework": r["framework"],
@@ -401,11 +469,13 @@ def runs_at_once(runs) -> int:
     return int(max([1, *np.cumsum([step for _, step in edges])]))
 
 
-def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, returns_only: bool = False) -> list[dict]:
+def write_report(
+    sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, returns_only: bool = False, keep_recorded: bool = False
+) -> list[dict]:
     import matplotlib
 
     matplotlib.use("Agg")
-    runs = load_sweep(sweep_dir)
+    runs = load_sweep(sweep_dir, out_dir if keep_recorded else None)
     rows = summarize(runs)
     has_rliable = add_intervals(rows, runs, reps)
     if not has_rliable:
@@ -415,6 +485,7 @@ def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, ret
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    write_records(runs, out_dir)
     machine = machine_of(runs) | {"date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # newest wins in docs
     machine["returns_only"] = returns_only  # the runs shared the machine: benchmark.docs shows no SPS from them
     machine["runs_at_once"] = at_once = runs_at_once(runs)  # above 1: the README takes no SPS ratio from this sweep
@@ -423,7 +494,10 @@ def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, ret
     images = []
     for script, env_id in sorted({(r["script"], r["env_id"]) for r in rows}):
         name = f"curves_{script}__{env_id}.png"
-        plot_curves(runs, script, env_id, out_dir / name)
+        if any(r["script"] == script and r["env_id"] == env_id and r.get("curve") for r in runs):
+            plot_curves(runs, script, env_id, out_dir / name)
+        elif not (out_dir / name).exists():
+            continue  # recorded before curves were: the image drawn from their logs stays, else there is none
         images.append(name)
     plot_sps(rows, out_dir / "sps.png")
     images += ["sps.png", *(["sps_ratio.png"] if plot_sps_ratio(rows, out_dir / "sps_ratio.png") else [])]
@@ -436,6 +510,16 @@ def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, ret
         f"Machine: {describe(machine)}. MLX device {machine['mlx_device'] or '–'}, BLAS {machine['mlx_blas'] or '–'}. "
         "Every run with `OMP_NUM_THREADS=1`.",
         "",
+        *(
+            [
+                f"{machine['others']['runs']} runs ran elsewhere (runs.csv names the machine of each): "
+                + ("; ".join(machine["others"]["machines"]) or "the same CPU and versions, another host")
+                + ".",
+                "",
+            ]
+            if "others" in machine
+            else []
+        ),
         "Return: mean ± std over seeds of each run's average over its last 100 episodes. SPS: median over "
         "seeds of each run's median `charts/SPS`. µs columns: the `timing/*` breakdown per env step (median "
         "over the run, mean over seeds). MLX/torch: the SPS ratio (above 1: MLX is faster). Wall: "
@@ -476,7 +560,7 @@ def write_report(sweep_dir: Path, out_dir: Path, reps: int = BOOTSTRAP_REPS, ret
     if failed:
         md += ["## Failed runs", ""]
         for r in failed:
-            md += [f"`{r['name']}` exited with {r['returncode']}:", "", "```", log_tail(r["dir"]), "```", ""]
+            md += [f"`{r['name']}` exited with {r['returncode']}:", "", "```", r.get("log_tail") or "(no log)", "```", ""]
     md += [f"![{name}]({name})" for name in images]
     (out_dir / "results.md").write_text("\n".join(md) + "\n")
     return rows
@@ -491,13 +575,20 @@ def main(argv=None):
     p.add_argument("--wandb-entity")
     p.add_argument("--bootstrap-reps", type=int, default=BOOTSTRAP_REPS, help="bootstrap replicates for the intervals")
     p.add_argument("--returns-only", action="store_true", help="the runs shared the machine: report returns, not speed")
+    p.add_argument(
+        "--keep-recorded",
+        action="store_true",
+        help="also report the runs recorded in <out>/runs.csv that sweep_dir does not hold (its logs are gone)",
+    )
     opts = p.parse_args(argv)
     out_dir = opts.out or RESULTS_DIR / opts.sweep_dir.resolve().name
-    rows = write_report(opts.sweep_dir, out_dir, opts.bootstrap_reps, opts.returns_only)
+    rows = write_report(opts.sweep_dir, out_dir, opts.bootstrap_reps, opts.returns_only, opts.keep_recorded)
     print(table_md(rows))
     print(f"benchmark.report: wrote {out_dir}/results.md, results.csv and plots (then: python -m benchmark.docs)")
     if opts.track:
-        upload_wandb(load_sweep(opts.sweep_dir), opts.wandb_project_name, opts.wandb_entity)
+        upload_wandb(
+            load_sweep(opts.sweep_dir, out_dir if opts.keep_recorded else None), opts.wandb_project_name, opts.wandb_entity
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import pytest
 
 from benchmark import docs, registry, report
 from benchmark import run as bench_run
+from benchmark.machine import describe
 from benchmark.pairs import REPO
 from benchmark.report import read_scalars
 
@@ -508,3 +509,62 @@ def test_runs_at_once_counts_overlapping_runs_only():
     assert report.runs_at_once([run(0, 10), run(10, 5), run(2, 3), run(math.nan, math.nan)]) == 2
     assert report.runs_at_once([run(0, 10), run(1, 10), run(2, 10), run(12.5, 1)]) == 3
     assert report.runs_at_once([]) == 1
+
+
+def test_recorded_runs_outlive_their_logs_and_a_rerun_replaces_its_record(fake_dirs, tmp_path):
+    """A table built over sittings: the runs of a first sweep are recorded next to its results; with their logs
+    deleted, a second sweep's report with keep_recorded holds both sweeps' runs, with the same numbers and curves
+    as a report over all the logs; a run in the second sweep replaces its record; without keep_recorded the old
+    runs are not added."""
+    first = ("--scripts", "fake", "--seeds", "1", "3", "--frameworks", "torch", "--workers", "2")
+    assert run_main(*first, "--tag", "one", dirs=fake_dirs, runs_dir=tmp_path / "runs") == 0
+    both = report.write_report(tmp_path / "runs" / "one", tmp_path / "out")
+    assert both[0]["return_mean"] == pytest.approx(2099.5) and both[0]["seeds"] == 2
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == ["fake__FakeEnv-v0__torch__1", "fake__FakeEnv-v0__torch__3"]
+    recorded = {r["name"]: r for r in report.read_records(tmp_path / "out")}
+    logged = {r["name"]: r for r in report.load_sweep(tmp_path / "runs" / "one")}
+    for name, r in logged.items():
+        for key in ("final_return", "sps", "steps", "timing/update_us", "wall_s", "peak_rss_mb", "seed", "machine"):
+            assert recorded[name][key] == pytest.approx(r[key]), key
+        assert np.allclose(recorded[name]["curve"], r["curve"], rtol=1e-6)
+        # the curve: 10-episode running mean of seed*1000 + i, at most CURVE_POINTS points, ending on the last episode
+        assert r["curve"][0] == (90, pytest.approx(r["seed"] * 1000 + 4.5)) and r["curve"][-1][0] == 1490
+    assert len(report.smoothed_curve([(i, float(i)) for i in range(5000)])) == report.CURVE_POINTS
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "one")
+    second = ("--scripts", "fake", "--seeds", "3", "4", "--frameworks", "torch", "--workers", "2", "--tag", "two")
+    assert run_main(*second, "--", "--extra", "7", dirs=fake_dirs, runs_dir=tmp_path / "runs") == 0
+    (row,) = report.write_report(tmp_path / "runs" / "two", tmp_path / "out", keep_recorded=True)
+    # seed 1 from its record (1099.5); seeds 3 and 4 from the new logs, with --extra 7 (3106.5, 4106.5)
+    assert row["seeds"] == 3 and row["return_mean"] == pytest.approx((1099.5 + 3106.5 + 4106.5) / 3)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| fake | FakeEnv-v0 | torch | 1 | 1,000 | 1099.50 |" in md and "| 3 | 1,000 | 3106.50 |" in md
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3  # recorded again, so a third sitting keeps all three
+    (row,) = report.write_report(tmp_path / "runs" / "two", tmp_path / "plain")
+    assert row["seeds"] == 2
+
+
+def test_machine_of_a_table_whose_runs_ran_on_two_machines():
+    """The table names the machine most runs ran on and says how many ran elsewhere, and on what; the vector
+    unit is part of the CPU's name."""
+    a = {
+        "host": "a",
+        "cpu": "EPYC",
+        "simd": "AVX2",
+        "cores": 2,
+        "os": "L",
+        "python": "3.11",
+        "mlx": "1",
+        "torch": "2",
+        "gymnasium": "1",
+    }
+    b = a | {"host": "b", "simd": "AVX-512"}
+    runs = [dict(machine=m, framework="torch") for m in (a, b, b)]
+    info = report.machine_of(runs)
+    assert info["host"] == "b" and info["others"] == {"runs": 1, "machines": [describe(a)]}
+    assert describe(a).startswith("EPYC (AVX2), 2 cores") and describe({**a, "simd": ""}).startswith("EPYC, 2 cores")
+    assert "others" not in report.machine_of(runs[:1])
