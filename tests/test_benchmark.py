@@ -297,7 +297,8 @@ def test_report_on_a_real_ppo_sweep(tmp_path):
     results = docs.load_results(tmp)
     readme_row = docs.readme_block(results, ["ppo"]).splitlines()[2]
     assert f"| CartPole-v1 | 2,048 | {rows[0]['return_mean']:.1f} | {rows[1]['return_mean']:.1f} |" in readme_row
-    assert f"| {rows[0]['sps_ratio_vs_torch']:.2f} | {machine['cpu']}, {machine['cores']} cores" in readme_row
+    cpu = f"{machine['cpu']} ({machine['simd']})" if machine["simd"] else machine["cpu"]  # the vector unit, where known
+    assert f"| {rows[0]['sps_ratio_vs_torch']:.2f} | {cpu}, {machine['cores']} cores" in readme_row
     assert "490.04 ± 6.12 (at 500,000 steps)" in readme_row
     page = docs.docs_block(results, "ppo")
     assert f"| mlx | 1 | {rows[0]['return_mean']:.1f} ± 0.0 |" in page and "curves_ppo__CartPole-v1.png" in page
