@@ -102,6 +102,16 @@ def track_args(opts) -> list[str]:
     return args
 
 
+def registry_args(script, script_args) -> list[str]:
+    """The registry's extra arguments of a script, less the flags (with their values) that the CLI passes itself."""
+    extra, given, out = list(bench_for(script).extra_args) if bench_for(script) else [], set(script_args), []
+    for i, a in enumerate(extra):
+        flag = a if a.startswith("--") else (extra[i - 1] if i and extra[i - 1].startswith("--") else None)
+        if flag not in given:
+            out.append(a)
+    return out
+
+
 def expand(opts, dirs) -> list[RunSpec]:
     """All runs of a sweep, in the order they are queued: per script, env and seed, every variant."""
     specs = []
@@ -113,7 +123,7 @@ def expand(opts, dirs) -> list[RunSpec]:
                 for fw, label, env in variants(opts.frameworks, opts.mlx_blas, opts.mlx_fast_math, opts.mlx_one_core):
                     args = ["--env-id", env_id, "--seed", str(seed)]
                     args += ["--total-timesteps", str(steps)] if steps else []
-                    args += list(bench.extra_args) if bench else []
+                    args += registry_args(script, opts.script_args)
                     args += opts.script_args + track_args(opts)
                     specs.append(RunSpec(script, env_id, seed, fw, label, args, env))
     return specs
@@ -276,6 +286,9 @@ def main(argv=None) -> int:
         shutil.rmtree(out_dir / s.name, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"benchmark: {len(specs)} runs -> {out_dir} ({opts.backend}, OMP_NUM_THREADS=1)", flush=True)
+    for script in opts.scripts:
+        if extra := registry_args(script, opts.script_args):  # e.g. a short budget's --learning-starts: say so
+            print(f"benchmark: {script} runs with the registry's {' '.join(extra)} (a flag after -- overrides it)", flush=True)
 
     failed, finished = [], []
 

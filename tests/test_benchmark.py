@@ -122,6 +122,12 @@ def test_expand_uses_registry_script_defaults_and_pass_through(fake_dirs):
     )
     (ppo,) = bench_run.expand(cli, bench_run.DEFAULT_DIRS)
     assert ppo.args == ["--env-id", "Acrobot-v1", "--seed", "1", "--total-timesteps", "4096"]
+    # the registry's extra arguments (td3's short budget learns from step 1000), unless the CLI passes the flag itself
+    base = "--scripts td3 --seeds 1 --frameworks torch --env-ids Hopper-v5 --total-timesteps 300000".split()
+    (td3,) = bench_run.expand(bench_run.parse(base), bench_run.DEFAULT_DIRS)
+    assert td3.args[-2:] == ["--learning-starts", "1000"]
+    (td3,) = bench_run.expand(bench_run.parse([*base, "--", "--learning-starts", "25000"]), bench_run.DEFAULT_DIRS)
+    assert td3.args[-4:] == ["--total-timesteps", "300000", "--learning-starts", "25000"]
     # --track passes the W&B project and entity on (the scripts' own defaults where not given)
     tracked = bench_run.parse(["--scripts", "fake", "--seeds", "1", "--frameworks", "torch", "--track", "--wandb-entity", "me"])
     assert bench_run.expand(tracked, fake_dirs)[0].args[-3:] == ["--track", "--wandb-entity", "me"]
