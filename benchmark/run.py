@@ -8,8 +8,10 @@ Every run gets `OMP_NUM_THREADS=1`; the MLX and torch runs of one seed are queue
 so that load drift hits both. Each run's folder `benchmark/runs/<tag>/<script>__<env>__<variant>__<seed>/`
 holds its TensorBoard logs (`runs/`), its stdout+stderr (`stdout.log`) and `run.json` (command, exit
 code, wall time, machine); the sweep folder gets a TensorBoard custom-scalars layout (benchmark.tblayout).
-Arguments after `--` go to every script. `--track` logs every run to W&B (then `python -m benchmark.dashboard`
-builds the comparison report). Then: `python -m benchmark.report benchmark/runs/<tag>`.
+Arguments after `--` go to every script, after the registry's extra arguments for it (a short budget's
+`--learning-starts 1000`, say), and replace those where they name the same flag. `--track` logs every run to W&B
+(then `python -m benchmark.dashboard` builds the comparison report). Then: `python -m benchmark.report
+benchmark/runs/<tag>`.
 
 Before the sweep (local backend), each MLX script runs once per env and variant, untimed and not recorded
 (`--no-warmup` skips it): on Linux's CPU backend MLX compiles its fused kernels with g++ on first use and caches
