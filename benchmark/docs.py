@@ -16,6 +16,7 @@ import csv
 import json
 from pathlib import Path
 
+from benchmark.machine import cpu_label
 from benchmark.pairs import REPO, RESULTS_DIR, discover
 from benchmark.registry import bench_for
 from benchmark.report import published_cell
@@ -57,8 +58,7 @@ def published(row) -> str:
 
 def machine_cell(row) -> str:
     m = row["machine"]
-    cpu = f"{m['cpu']} ({m['simd']})" if m.get("simd") else m["cpu"]
-    return f"{cpu}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}"
+    return f"{cpu_label(m)}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}"
 
 
 def link(path: Path, page_dir: Path) -> str:

@@ -27,7 +27,8 @@ def cpu_model() -> str:
 
 def simd() -> str:
     """The widest vector instructions the CPU has (Linux; '' elsewhere): MLX's and torch's kernels, and so their
-    ratio, depend on it (this project's PPO ratio was 2.39x on a VM without AVX, 1.63x on one with AVX-512)."""
+    ratio, depend on it (ppo's MLX/torch ratio: 2.39 on an AVX-512 VM, issue21-s11-ppo-6seeds; 3.02 on an AVX2 one,
+    avx2-ppo-a2c)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features"))), [])
@@ -62,11 +63,15 @@ def machine_info() -> dict:
     }
 
 
+def cpu_label(info: dict) -> str:
+    """The CPU's name with its vector unit where it was recorded: `AMD EPYC (AVX2)`."""
+    return f"{info['cpu']} ({info['simd']})" if info.get("simd") else info["cpu"]
+
+
 def describe(info: dict) -> str:
     """One line naming the machine and the versions."""
-    cpu = f"{info['cpu']} ({info['simd']})" if info.get("simd") else info["cpu"]
     return (
-        f"{cpu}, {info['cores']} cores, {info['os']}; Python {info['python']}, mlx {info['mlx']}, "
+        f"{cpu_label(info)}, {info['cores']} cores, {info['os']}; Python {info['python']}, mlx {info['mlx']}, "
         f"torch {info['torch']}, gymnasium {info['gymnasium']}"
     )
 
