@@ -144,6 +144,8 @@ def warmups(specs) -> list[RunSpec]:
             if flag in args:
                 del args[args.index(flag) : args.index(flag) + 2]
         args = [a for a in args if a != "--track"]
+        if "--resume" in args:  # a warm-up starts afresh in a scratch folder
+            del args[args.index("--resume") : args.index("--resume") + 2]
         if bench and bench.warmup_timesteps and "--total-timesteps" in args:
             i = args.index("--total-timesteps") + 1
             args[i] = str(min(int(args[i]), bench.warmup_timesteps))
@@ -153,7 +155,8 @@ def warmups(specs) -> list[RunSpec]:
 
 def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     """Run one script to completion in run_dir (its runs/ lands there); log to run_dir/stdout.log.
-    Used as is by the local pool and inside a Ray task."""
+    A spec that resumes (`--resume` among its args) appends to the log, and its record adds this sitting to the
+    earlier ones: wall_s is their sum, `sittings` each one's wall time. Used as is by the local pool and a Ray task."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -164,16 +167,52 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
             env[key] = value
     cmd = [sys.executable, str(script_file), *spec["args"]]
     record = {**spec, "cmd": cmd, "machine": machine_info(), "loadavg_at_start": list(os.getloadavg())}
+    resuming = "--resume" in spec["args"] and (run_dir / "run.json").exists()
+    before = json.loads((run_dir / "run.json").read_text()) if resuming else {}
     start = time.time()
-    with open(run_dir / "stdout.log", "w") as log:
+    with open(run_dir / "stdout.log", "a" if resuming else "w") as log:
+        if resuming:
+            log.write(f"\nbenchmark.run: resumed at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+            log.flush()
         proc = subprocess.Popen(cmd, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         peak = None  # the script process's own peak RSS, polled while it runs (a peak in its last 0.2 s can be missed)
         while proc.poll() is None:
             peak = max(filter(None, (peak, peak_rss_mb(proc.pid))), default=None)
             time.sleep(0.2)
-    record |= {"returncode": proc.returncode, "wall_s": time.time() - start, "started": start, "peak_rss_mb": peak}
+    wall = time.time() - start
+    sittings = before.get("sittings", [before["wall_s"]] if "wall_s" in before else []) + [wall]
+    peak = max(filter(None, (peak, before.get("peak_rss_mb"))), default=None)
+    record |= {"returncode": proc.returncode, "wall_s": sum(sittings), "started": before.get("started", start)}
+    record |= {"peak_rss_mb": peak, "stopped_at": stopped_at(run_dir)} | ({"sittings": sittings} if resuming else {})
     (run_dir / "run.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def stopped_at(run_dir: Path) -> Optional[int]:
+    """The step at which a run was stopped (Ctrl-C/SIGTERM: it wrote a checkpoint and exited), from the last line of
+    its log; None for a run that ended otherwise."""
+    try:
+        lines = (Path(run_dir) / "stdout.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    match = re.search(r": stopped at step (\d+); resume with --resume ", lines[-1]) if lines else None
+    return int(match.group(1)) if match else None
+
+
+def resume_plan(specs, out_dir) -> tuple[list, list]:
+    """(the specs to run, the names of finished runs to keep) for `--resume`: a run whose folder holds a checkpoint and
+    that did not finish (it was stopped, killed, or failed) continues from its newest checkpoint; a finished run (exit
+    code 0, not stopped) is kept as it is; any other starts afresh."""
+    todo, kept = [], []
+    for s in specs:
+        run_dir = out_dir / s.name
+        record = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else None
+        if record and record["returncode"] == 0 and stopped_at(run_dir) is None:
+            kept.append(s.name)
+            continue
+        newest = max(run_dir.glob("runs/*/checkpoints/step_*/state.json"), key=lambda p: p.parent.name, default=None)
+        todo.append(replace(s, args=[*s.args, "--resume", str(newest.parents[2].relative_to(run_dir))]) if newest else s)
+    return todo, kept
 
 
 def log_tail(run_dir: Path, n=LOG_TAIL_LINES) -> str:
@@ -255,6 +294,10 @@ def parse(argv):
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed MLX run per script, env and variant")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the tag's stopped or killed runs from their newest checkpoint and keep its finished ones",
+    )  # fmt: skip
     p.add_argument("--track", action="store_true", help="pass --track to every script (W&B, grouped by algo/env)")
     p.add_argument("--wandb-project-name", help="with --track: the W&B project (default: the scripts' own, cleanrl-mlx)")
     p.add_argument("--wandb-entity", help="with --track: the W&B entity (default: your W&B default entity)")
@@ -281,11 +324,20 @@ def main(argv=None) -> int:
     check_scripts(opts.scripts, dirs)
     if opts.workers < 1:
         raise SystemExit(f"benchmark: --workers must be positive, got {opts.workers}")
+    if opts.resume and opts.backend == "ray":
+        raise SystemExit("benchmark: --resume runs locally only (a Ray worker does not have the run's checkpoints)")
     specs = expand(opts, dirs)
 
     out_dir = opts.runs_dir / opts.tag
-    for s in specs:  # a re-run of the same run replaces it; other runs of the tag stay
-        shutil.rmtree(out_dir / s.name, ignore_errors=True)
+    if opts.resume:
+        specs, kept = resume_plan(specs, out_dir)
+        for name in kept:
+            print(f"benchmark: {name} finished already; kept", flush=True)
+    for s in specs:  # a re-run of the same run replaces it (unless it resumes); other runs of the tag stay
+        if "--resume" not in s.args[-2:]:
+            shutil.rmtree(out_dir / s.name, ignore_errors=True)
+        else:
+            print(f"benchmark: {s.name} resumes from {s.args[-1]}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"benchmark: {len(specs)} runs -> {out_dir} ({opts.backend}, OMP_NUM_THREADS=1)", flush=True)
     for script in opts.scripts:
