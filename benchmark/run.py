@@ -10,8 +10,9 @@ holds its TensorBoard logs (`runs/`), its stdout+stderr (`stdout.log`) and `run.
 code, wall time, machine); the sweep folder gets a TensorBoard custom-scalars layout (benchmark.tblayout).
 Arguments after `--` go to every script, after the registry's extra arguments for it (a short budget's
 `--learning-starts 1000`, say), and replace those where they name the same flag. `--track` logs every run to W&B
-(then `python -m benchmark.dashboard` builds the comparison report). Then: `python -m benchmark.report
-benchmark/runs/<tag>`.
+(then `python -m benchmark.dashboard` builds the comparison report). `--resume` continues the tag's runs that were
+stopped (SIGTERM: they checkpoint and exit) or killed, each from its newest checkpoint, and keeps its finished runs.
+Then: `python -m benchmark.report benchmark/runs/<tag>`.
 
 Before the sweep (local backend), each MLX script runs once per env and variant, untimed and not recorded
 (`--no-warmup` skips it): on Linux's CPU backend MLX compiles its fused kernels with g++ on first use and caches

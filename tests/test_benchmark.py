@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,10 +22,11 @@ from benchmark.report import read_scalars
 
 # A fake twin: logs 150 episodes with returns seed*1000 + 0..149 and fixed SPS/timing values that
 # depend on the framework; the MLX side fails on seed 2 after printing a recognisable line; the torch
-# side holds 300 MB of written memory (its peak RSS must show it).
+# side holds 300 MB of written memory (its peak RSS must show it). With --stop-at it stops there as the real scripts
+# do on SIGTERM (a checkpoint, the same last line, exit 0), and --resume continues from that checkpoint.
 FAKE_SCRIPT = textwrap.dedent(
     '''
-    import sys, time
+    import json, pathlib, sys, time
     from dataclasses import dataclass
     sys.modules["torch"] = None  # tensorboardX imports torch when it can: seconds this fake does not need
     from tensorboardX import SummaryWriter
@@ -41,6 +43,10 @@ FAKE_SCRIPT = textwrap.dedent(
         """budget"""
         extra: int = 0
         """a pass-through argument"""
+        stop_at: int = 0
+        """stop at this step as on SIGTERM"""
+        resume: str = ""
+        """the run folder to continue"""
 
     args = tyro.cli(Args)
     FRAMEWORK = "{framework}"
@@ -53,16 +59,25 @@ FAKE_SCRIPT = textwrap.dedent(
     if FRAMEWORK == "torch":
         ballast = b"x" * (300 << 20)  # written, so resident; held long enough for the runner to see it
         time.sleep(1.0)
-    writer = SummaryWriter(f"runs/{{args.env_id}}__fake__{{args.seed}}__{{int(time.time())}}")
-    for i in range(150):
+    run_name = args.resume or f"runs/{{args.env_id}}__fake__{{args.seed}}__{{int(time.time())}}"
+    start = max((json.loads(p.read_text())["global_step"] for p in pathlib.Path(run_name).glob("checkpoints/*/state.json")), default=0)
+    stop = args.stop_at if args.stop_at > start else 0
+    writer = SummaryWriter(run_name, purge_step=start or None)
+    for i in range(start // 10, stop // 10 if stop else 150):
         writer.add_scalar("charts/episodic_return", args.seed * 1000 + i + args.extra, 10 * i)
     sps = [100, 300, 200] if FRAMEWORK == "mlx" else [50, 70, 60]
     for k, v in enumerate(sps):
         step = args.total_timesteps * (k + 1) // 3
-        writer.add_scalar("charts/SPS", v * args.seed, step)
-        writer.add_scalar("timing/env_us", 10.0, step)
-        writer.add_scalar("timing/inference_us", 20.0 if FRAMEWORK == "mlx" else 40.0, step)
-        writer.add_scalar("timing/update_us", 30.0, step)
+        if start < step <= (stop or step):
+            writer.add_scalar("charts/SPS", v * args.seed, step)
+            writer.add_scalar("timing/env_us", 10.0, step)
+            writer.add_scalar("timing/inference_us", 20.0 if FRAMEWORK == "mlx" else 40.0, step)
+            writer.add_scalar("timing/update_us", 30.0, step)
+    if stop:
+        writer.close()
+        (pathlib.Path(run_name) / f"checkpoints/step_{{stop:012d}}").mkdir(parents=True)
+        (pathlib.Path(run_name) / f"checkpoints/step_{{stop:012d}}/state.json").write_text(json.dumps({{"global_step": stop}}))
+        sys.exit(print(f"fake_{{FRAMEWORK}}.py: stopped at step {{stop}}; resume with --resume {{run_name}}"))
     writer.close()
     '''
 )
@@ -94,6 +109,7 @@ def run_main(*argv, dirs=None, runs_dir):
         (["--scripts", "fake", "--frameworks", "mlx", "jax"], r"unknown framework 'jax' \(choose from mlx, torch\)"),
         (["--scripts", "fake", "--mlx-blas", "mkl"], r"unknown --mlx-blas 'mkl'"),
         (["--scripts", "fake", "--workers", "0"], r"--workers must be positive"),
+        (["--scripts", "fake", "--resume", "--backend", "ray"], r"--resume runs locally only"),
     ],
 )
 def test_bad_input_exits_with_one_line_before_running(argv, message, fake_dirs, tmp_path):
@@ -160,6 +176,49 @@ def test_warmup_runs_each_mlx_script_env_and_variant_once_short_and_untracked(fa
     calls.unlink()
     run_main("--scripts", "fake", "--seeds", "1", "--tag", "w", "--no-warmup", dirs=fake_dirs, runs_dir=tmp_path / "runs")
     assert "warm-up" not in capsys.readouterr().out and sorted(calls.read_text().splitlines()) == ["mlx 1", "torch 1"]
+
+
+def test_resume_continues_stopped_runs_keeps_finished_ones_and_sums_their_sittings(fake_dirs, tmp_path, capsys, monkeypatch):
+    calls, runs = tmp_path / "calls.txt", tmp_path / "runs"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    sweep = ["--scripts", "fake", "--frameworks", "torch", "--no-warmup", "--tag", "r"]
+    # seed 1 stops at step 500 (as on SIGTERM), seed 3 runs to the end; then both are asked to go on
+    assert run_main(*sweep, "--seeds", "1", "--", "--stop-at", "500", dirs=fake_dirs, runs_dir=runs) == 0
+    assert run_main(*sweep, "--seeds", "3", dirs=fake_dirs, runs_dir=runs) == 0
+    first = json.loads((runs / "r/fake__FakeEnv-v0__torch__1/run.json").read_text())
+    assert first["stopped_at"] == 500 and "sittings" not in first
+    assert report.load_run(runs / "r/fake__FakeEnv-v0__torch__1")["steps"] == 333
+    capsys.readouterr()
+    assert run_main(*sweep, "--seeds", "1", "3", "--resume", "--", "--stop-at", "500", dirs=fake_dirs, runs_dir=runs) == 0
+    out = capsys.readouterr().out
+    assert "fake__FakeEnv-v0__torch__3 finished already; kept" in out
+    assert "fake__FakeEnv-v0__torch__1 resumes from runs/FakeEnv-v0__fake__1__" in out
+    assert calls.read_text().splitlines() == ["torch 1", "torch 3", "torch 1"]  # seed 3 did not run again
+    resumed = json.loads((runs / "r/fake__FakeEnv-v0__torch__1/run.json").read_text())
+    assert resumed["stopped_at"] is None and resumed["returncode"] == 0 and resumed["started"] == first["started"]
+    assert resumed["sittings"][0] == first["wall_s"] and resumed["wall_s"] == pytest.approx(sum(resumed["sittings"]))
+    log = (runs / "r/fake__FakeEnv-v0__torch__1/stdout.log").read_text()
+    assert log.count("threads 1") == 2 and "stopped at step 500" in log and "benchmark.run: resumed at" in log
+    # one run folder, its curve whole: the same as a run never stopped (seed 3's, less 2000)
+    one, three = (report.load_run(runs / f"r/fake__FakeEnv-v0__torch__{k}") for k in (1, 3))
+    assert len(list((runs / "r/fake__FakeEnv-v0__torch__1/runs").iterdir())) == 1
+    assert one["steps"] == three["steps"] == 1000 and one["final_return"] == three["final_return"] - 2000
+    # a run with nothing to resume from starts afresh
+    assert run_main(*sweep, "--seeds", "4", "--resume", dirs=fake_dirs, runs_dir=runs) == 0
+    assert "sittings" not in json.loads((runs / "r/fake__FakeEnv-v0__torch__4/run.json").read_text())
+
+
+def test_every_resumable_scripts_stop_line_is_what_resume_looks_for(tmp_path):
+    lines = {}
+    for path in [*REPO.glob("cleanrl_mlx/*.py"), *REPO.glob("cleanrl_torch_reference/*.py")]:
+        for line in re.findall(r'print\(f"\{script\}: (stopped at step .*)"\)', path.read_text()):
+            lines[path.name] = f"{path.name}: " + re.sub(r"\{global_step[^}]*\}", "1234", line).replace("{run_name}", "x")
+    assert {"td3_mlx.py", "td3_torch.py", "ppo_atari_mlx.py", "dqn_atari_torch.py"} <= set(lines)
+    for name, line in lines.items():
+        (tmp_path / "stdout.log").write_text(f"SPS: 60\n{line}\n")
+        assert bench_run.stopped_at(tmp_path) == 1234, name
+    (tmp_path / "stdout.log").write_text(f"{line}\nmodel saved to runs/x/td3.safetensors\n")
+    assert bench_run.stopped_at(tmp_path) is None
 
 
 def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp_path, capsys):
