@@ -157,7 +157,7 @@ def warmups(specs) -> list[RunSpec]:
 def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     """Run one script to completion in run_dir (its runs/ lands there); log to run_dir/stdout.log.
     A spec that resumes (`--resume` among its args) appends to the log, and its record adds this sitting to the
-    earlier ones: wall_s is their sum, `sittings` each one's wall time. Used as is by the local pool and a Ray task."""
+    recorded earlier ones: wall_s is their sum, `sittings` each one's wall time. Used as is by the local pool and a Ray task."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -168,8 +168,8 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
             env[key] = value
     cmd = [sys.executable, str(script_file), *spec["args"]]
     record = {**spec, "cmd": cmd, "machine": machine_info(), "loadavg_at_start": list(os.getloadavg())}
-    resuming = "--resume" in spec["args"] and (run_dir / "run.json").exists()
-    before = json.loads((run_dir / "run.json").read_text()) if resuming else {}
+    resuming = "--resume" in spec["args"]  # a killed sitting left no run.json: its log is kept, its wall time unknown
+    before = json.loads((run_dir / "run.json").read_text()) if resuming and (run_dir / "run.json").exists() else {}
     start = time.time()
     with open(run_dir / "stdout.log", "a" if resuming else "w") as log:
         if resuming:

@@ -203,7 +203,15 @@ def test_resume_continues_stopped_runs_keeps_finished_ones_and_sums_their_sittin
     one, three = (report.load_run(runs / f"r/fake__FakeEnv-v0__torch__{k}") for k in (1, 3))
     assert len(list((runs / "r/fake__FakeEnv-v0__torch__1/runs").iterdir())) == 1
     assert one["steps"] == three["steps"] == 1000 and one["final_return"] == three["final_return"] - 2000
-    # a run with nothing to resume from starts afresh
+    # a killed sitting (no run.json) keeps its log too; a run with nothing to resume from starts afresh
+    (runs / "r/fake__FakeEnv-v0__torch__1/run.json").unlink()
+    (runs / "r/fake__FakeEnv-v0__torch__1/stdout.log").write_text("killed\n")
+    next(runs.glob("r/fake__FakeEnv-v0__torch__1/runs/*/checkpoints/step_*")).rename(runs / "r/step_000000000500")
+    next(runs.glob("r/fake__FakeEnv-v0__torch__1/runs/*/checkpoints")).joinpath("step_000000000900").mkdir()
+    (next(runs.glob("r/fake__FakeEnv-v0__torch__1/runs/*/checkpoints/step_*")) / "state.json").write_text('{"global_step": 900}')
+    assert run_main(*sweep, "--seeds", "1", "--resume", dirs=fake_dirs, runs_dir=runs) == 0
+    assert (runs / "r/fake__FakeEnv-v0__torch__1/stdout.log").read_text().startswith("killed\n\nbenchmark.run: resumed at")
+    assert report.load_run(runs / "r/fake__FakeEnv-v0__torch__1")["final_return"] == one["final_return"]
     assert run_main(*sweep, "--seeds", "4", "--resume", dirs=fake_dirs, runs_dir=runs) == 0
     assert "sittings" not in json.loads((runs / "r/fake__FakeEnv-v0__torch__4/run.json").read_text())
 
