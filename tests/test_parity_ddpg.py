@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten
 
 from tests.helpers import (
     assert_close,
+    assert_same_updates,
     assert_same_weights,
     check_actor_critic_targets,
     check_actor_gradients,
@@ -140,3 +141,26 @@ def test_weights_load_across_frameworks(twins, tmp_path):
     assert_close(
         m["qf"](mx.array(x), mx.array(a)), qf_t(torch.tensor(x), torch.tensor(a)).detach(), what="MLX critic loaded in torch"
     )
+
+
+def test_several_updates_stay_together(twins):
+    """Six train_steps as the script's loop runs them (the critic every step, the actor and targets every
+    policy_frequency-th, the two compiled graphs sharing one state), each on its own batch: every network moves the same
+    way in both twins, so no state (Adam's step count and moments, the targets) is lost between calls."""
+    t, m = twins
+    args = D_MLX.Args()
+    before = {k: trainable(t[k]) for k in NETS}
+    t_opts = D_TORCH.make_optimizers(t["actor"], t["qf"], D_TORCH.Args())
+    m_opts = D_MLX.make_optimizers(m["actor"], m["qf"], args)
+    state = [m[k].state for k in NETS] + [o.state for o in m_opts]
+    step = partial(D_MLX.train_step, *(m[k] for k in NETS), m_opts, args=args)
+    train = {a: mx.compile(partial(step, update_actor=a), inputs=state, outputs=state) for a in (False, True)}
+    batch = ("obs", "actions", "next_obs", "rewards", "dones")
+    for i in range(1, 7):
+        b, update_actor = make_batch(seed=i), i % args.policy_frequency == 0
+        D_TORCH.train_step(
+            *(t[k] for k in NETS), t_opts, [torch.tensor(b[k]) for k in batch], update_actor=update_actor, args=args
+        )
+        mx.eval(train[update_actor]([mx.array(b[k]) for k in batch]), state)
+    assert [int(o.state["step"]) for o in m_opts] == [6, 3]
+    assert_same_updates(before, t, m, NETS)

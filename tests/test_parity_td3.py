@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten
 
 from tests.helpers import (
     assert_close,
+    assert_same_updates,
     assert_same_weights,
     check_actor_critic_targets,
     check_actor_gradients,
@@ -157,3 +158,28 @@ def test_weights_load_across_frameworks(twins, tmp_path):
     )
     x = np.random.default_rng(0).normal(size=(5, OBS_DIM)).astype(np.float32)
     assert_close(fresh_m(mx.array(x)), fresh_t(torch.tensor(x)).detach())
+
+
+def test_several_updates_stay_together(twins):
+    """Six train_steps as the script's loop runs them (the critics every step, the actor and targets every
+    policy_frequency-th, the two compiled graphs sharing one state), each on its own batch and noise: every network
+    moves the same way in both twins, so no state (Adam's step count and moments, the targets) is lost between calls."""
+    t, m = twins
+    args = T_MLX.Args()
+    kw = dict(low=-2.0, high=2.0, args=args)
+    before = {k: trainable(t[k]) for k in NETS}
+    t_opts = T_TORCH.make_optimizers(t["actor"], t["qf"], T_TORCH.Args())
+    m_opts = T_MLX.make_optimizers(m["actor"], m["qf"], args)
+    state = [m[k].state for k in NETS] + [o.state for o in m_opts]
+    step = partial(T_MLX.train_step, *(m[k] for k in NETS), m_opts, **kw)
+    train = {a: mx.compile(partial(step, update_actor=a), inputs=state, outputs=state) for a in (False, True)}
+    batch = ("obs", "actions", "next_obs", "rewards", "dones")
+    for i in range(1, 7):
+        b, update_actor = make_batch(seed=i), i % args.policy_frequency == 0
+        T_TORCH.train_step(
+            *(t[k] for k in NETS), t_opts, [torch.tensor(b[k]) for k in batch], torch.tensor(b["noise"]),
+            update_actor=update_actor, **kw,
+        )  # fmt: skip
+        mx.eval(train[update_actor]([mx.array(b[k]) for k in batch], mx.array(b["noise"])), state)
+    assert [int(o.state["step"]) for o in m_opts] == [6, 3]
+    assert_same_updates(before, t, m, NETS)
