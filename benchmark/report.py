@@ -330,7 +330,7 @@ def plot_curves(runs, script, env_id, path):
         grid = np.linspace(0, min(c[-1][0] for c in curves), 200)  # each curve is smoothed already (smoothed_curve)
         ys = np.stack([np.interp(grid, [s for s, _ in c], [v for _, v in c]) for c in curves])
         mean, std = ys.mean(0), ys.std(0)
-        ax.plot(grid, mean, label=f"{variant} ({len(curves)} seeds)")
+        ax.plot(grid, mean, label=f"{variant} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
         ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
     pub = published_for(script, env_id)
     if pub:  # CleanRL's final return (mean ± std over its seeds) at its budget
