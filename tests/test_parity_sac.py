@@ -17,6 +17,7 @@ from tests.helpers import (
     assert_close,
     assert_first_adam_step,
     assert_polyak,
+    assert_same_updates,
     assert_same_weights,
     check_polyak_update,
     continuous_batch,
@@ -242,3 +243,39 @@ def test_weights_load_across_frameworks(twins, tmp_path):
         fresh_t.get_action(torch.tensor(x), torch.zeros(5, ACT_DIM))[2],
     )
     assert_close(fresh_t.action_scale, (HIGH - LOW) / 2)
+
+
+def test_several_updates_stay_together(twins):
+    """Six train_steps as the script's loop runs them with default Args (the critics and the target every step, the
+    actor and log-alpha policy_frequency times every policy_frequency-th step, each (actor?, target?) graph compiled
+    on its own over one shared state), each on its own batch and noise: every network and log-alpha moves the same way
+    in both twins, so no state (Adam's step counts and moments, the target, log-alpha) is lost between calls."""
+    t, m = twins
+    args = S_MLX.Args()
+    kw = dict(target_entropy=-float(ACT_DIM), args=args)
+    before = {k: trainable(t[k]) for k in NETS}
+    t_log_alpha = torch.tensor([0.0], requires_grad=True)
+    t_opts = S_TORCH.make_optimizers(t["actor"], t["qf"], t_log_alpha, S_TORCH.Args())
+    m_log_alpha = {"log_alpha": mx.array([0.0])}
+    m_opts = S_MLX.make_optimizers(m["actor"], m["qf"], m_log_alpha, args)
+    state = [m[k].state for k in NETS] + [m_log_alpha] + [o.state for o in m_opts]
+    step = partial(S_MLX.train_step, *(m[k] for k in NETS), m_log_alpha, m_opts, **kw)
+    train = {
+        (a, u): mx.compile(partial(step, update_actor=a, update_target=u), inputs=state, outputs=state)
+        for a in (False, True)
+        for u in (False, True)
+    }
+    for i in range(1, 7):
+        b = make_batch(seed=i)
+        update_actor, update_target = i % args.policy_frequency == 0, i % args.target_network_frequency == 0
+        eps = np.random.default_rng(i).normal(size=(1 + 2 * args.policy_frequency * update_actor, B, ACT_DIM)).astype(np.float32)
+        batch = [b[k] for k in ("obs", "actions", "next_obs", "rewards", "dones")]
+        flags = dict(update_actor=update_actor, update_target=update_target)
+        S_TORCH.train_step(
+            *(t[k] for k in NETS), t_log_alpha, t_opts, list(map(torch.tensor, batch)), torch.tensor(eps), **flags, **kw
+        )
+        mx.eval(train[update_actor, update_target](list(map(mx.array, batch)), mx.array(eps)), state)
+    assert [int(o.state["step"]) for o in m_opts] == [6, 6, 6]  # the critics; the actor and log-alpha, twice per 2nd step
+    assert_same_updates(before, t, m, NETS)
+    moved, apart = abs(t_log_alpha.item()), abs(m_log_alpha["log_alpha"].item() - t_log_alpha.item())
+    assert moved > 0 and apart <= 2e-2 * moved, f"log_alpha: {m_log_alpha['log_alpha'].item()} vs {t_log_alpha.item()}"
