@@ -58,6 +58,8 @@ class RunSpec:
     """the script's arguments"""
     env: dict[str, Optional[str]] = field(default_factory=dict)
     """environment overrides for the run (None removes a variable)"""
+    resume: Optional[str] = None
+    """the run folder (relative to the run's own folder) to continue from its newest checkpoint (`--resume`)"""
 
     @property
     def name(self) -> str:
@@ -145,18 +147,16 @@ def warmups(specs) -> list[RunSpec]:
             if flag in args:
                 del args[args.index(flag) : args.index(flag) + 2]
         args = [a for a in args if a != "--track"]
-        if "--resume" in args:  # a warm-up starts afresh in a scratch folder
-            del args[args.index("--resume") : args.index("--resume") + 2]
         if bench and bench.warmup_timesteps and "--total-timesteps" in args:
             i = args.index("--total-timesteps") + 1
             args[i] = str(min(int(args[i]), bench.warmup_timesteps))
-        out.append(replace(s, args=args))
+        out.append(replace(s, args=args, resume=None))  # a warm-up starts afresh in a scratch folder
     return out
 
 
 def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     """Run one script to completion in run_dir (its runs/ lands there); log to run_dir/stdout.log.
-    A spec that resumes (`--resume` among its args) appends to the log, and its record adds this sitting to the
+    A spec that resumes (its `resume` set) appends to the log, and its record adds this sitting to the
     recorded earlier ones: wall_s is their sum, `sittings` each one's wall time. Used as is by the local pool and a Ray task."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,9 +166,9 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
             env.pop(key, None)
         else:
             env[key] = value
-    cmd = [sys.executable, str(script_file), *spec["args"]]
+    resuming = spec.get("resume") is not None  # a killed sitting left no run.json: its log is kept, its wall time unknown
+    cmd = [sys.executable, str(script_file), *spec["args"], *(["--resume", spec["resume"]] if resuming else [])]
     record = {**spec, "cmd": cmd, "machine": machine_info(), "loadavg_at_start": list(os.getloadavg())}
-    resuming = "--resume" in spec["args"]  # a killed sitting left no run.json: its log is kept, its wall time unknown
     before = json.loads((run_dir / "run.json").read_text()) if resuming and (run_dir / "run.json").exists() else {}
     start = time.time()
     with open(run_dir / "stdout.log", "a" if resuming else "w") as log:
@@ -192,11 +192,7 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
 def stopped_at(run_dir: Path) -> Optional[int]:
     """The step at which a run was stopped (Ctrl-C/SIGTERM: it wrote a checkpoint and exited), from the last line of
     its log; None for a run that ended otherwise."""
-    try:
-        lines = (Path(run_dir) / "stdout.log").read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return None
-    match = re.search(r": stopped at step (\d+); resume with --resume ", lines[-1]) if lines else None
+    match = re.search(r": stopped at step (\d+); resume with --resume ", log_tail(run_dir, 1))
     return int(match.group(1)) if match else None
 
 
@@ -212,7 +208,7 @@ def resume_plan(specs, out_dir) -> tuple[list, list]:
             kept.append(s.name)
             continue
         newest = max(run_dir.glob("runs/*/checkpoints/step_*/state.json"), key=lambda p: p.parent.name, default=None)
-        todo.append(replace(s, args=[*s.args, "--resume", str(newest.parents[2].relative_to(run_dir))]) if newest else s)
+        todo.append(replace(s, resume=str(newest.parents[2].relative_to(run_dir))) if newest else s)
     return todo, kept
 
 
@@ -335,10 +331,10 @@ def main(argv=None) -> int:
         for name in kept:
             print(f"benchmark: {name} finished already; kept", flush=True)
     for s in specs:  # a re-run of the same run replaces it (unless it resumes); other runs of the tag stay
-        if "--resume" not in s.args[-2:]:
+        if s.resume is None:
             shutil.rmtree(out_dir / s.name, ignore_errors=True)
         else:
-            print(f"benchmark: {s.name} resumes from {s.args[-1]}", flush=True)
+            print(f"benchmark: {s.name} resumes from {s.resume}", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"benchmark: {len(specs)} runs -> {out_dir} ({opts.backend}, OMP_NUM_THREADS=1)", flush=True)
     for script in opts.scripts:
