@@ -231,7 +231,7 @@ def td3_target(target_actor, qf_target, next_obs, rewards, dones, noise, policy_
 def critic_loss(qf, obs, actions, next_q_value):
     """Sum of both critics' MSE to the shared target. Returns (qf_loss, (qf1_loss, qf2_loss, qf1_values, qf2_values))."""
     q = qf(obs, actions)
-    losses = ((q - next_q_value) ** 2).mean(axis=1)
+    losses = ((q - next_q_value) ** 2).mean(1)
     return losses.sum(), (losses[0], losses[1], q[0].mean(), q[1].mean())
 
 

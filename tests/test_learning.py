@@ -106,9 +106,17 @@ LEARNING = {
 }
 
 
+# The Atari pairs learn in MLX only here: a torch Atari run costs ~6 min of CI's ~40 (2 cores). The torch twins'
+# learning is shown at a real budget instead, on Breakout in benchmark/results/cleanrl-budgets; in CI their update
+# matches MLX's (tests/test_parity_ppo_atari.py, test_parity_dqn_atari.py) and their loop is MLX's
+# (tests/test_twin_fidelity.py).
+MLX_ONLY = {"ppo_atari", "dqn_atari"}
+
+
 @pytest.mark.learning
-@pytest.mark.parametrize("framework", ["mlx", "torch"])
-@pytest.mark.parametrize("name", list(LEARNING))
+@pytest.mark.parametrize(
+    "name,framework", [(name, fw) for name in LEARNING for fw in ("mlx", "torch") if fw == "mlx" or name not in MLX_ONLY]
+)
 def test_reaches_threshold(name, framework, tmp_path):
     args, threshold, last_n, eval_threshold = LEARNING[name]
     proc = run_script(name, framework, *args, "--save-model", "--eval-episodes", "10", cwd=tmp_path, timeout=1200)
