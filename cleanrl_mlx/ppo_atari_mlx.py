@@ -544,7 +544,9 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
+        sys.modules.setdefault("torch", None)  # W&B's TensorBoard patch imports torch too: hide it, as above
         wandb.tensorboard.patch(root_logdir=f"runs/{run_name}")  # named here, W&B does not spend 10 s at exit inferring it
+        del sys.modules["torch"]
         wandb.init(
             project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config, name=run_name,
             group=f"ppo_atari__{args.env_id}", monitor_gym=True, save_code=True, id=resumed.get("wandb_id"), resume="allow",

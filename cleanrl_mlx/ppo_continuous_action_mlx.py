@@ -527,7 +527,9 @@ if __name__ == "__main__":
     if args.track:
         import wandb
 
+        sys.modules.setdefault("torch", None)  # W&B's TensorBoard patch imports torch too: hide it, as above
         wandb.tensorboard.patch(root_logdir=f"runs/{run_name}")  # named here, W&B does not spend 10 s at exit inferring it
+        del sys.modules["torch"]
         wandb.init(
             project=args.wandb_project_name,
             entity=args.wandb_entity,

@@ -2,6 +2,7 @@
 evaluation), one with --capture-video (MLX) and one with --track under WANDB_MODE=offline, that must save the
 same weights; MuJoCo runs of the continuous-control scripts; the BLAS opt-out."""
 
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmark.pairs import discover, script_path
 from tests.helpers import REPO, check_ok, run_dirs, run_script, scalars_of_single_run
 
 # Tiny-budget arguments per script; each pair adds its line here. A key "name:variant" runs script
@@ -150,3 +152,21 @@ def test_mlx_scripts_do_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.startswith("ok "), proc.stdout + proc.stderr
+
+
+def test_a_tracked_mlx_run_does_not_import_torch(tmp_path):
+    """W&B's TensorBoard patch imports torch too (~210 MB more peak RSS for a `benchmark.run --track` MLX run): an MLX
+    script hides torch from it as from tensorboardX. One run shows it; every MLX script has the same guard."""
+    guard = 'sys.modules.setdefault("torch", None)  # W&B\'s TensorBoard patch imports torch too'
+    assert all(guard in script_path(name, "mlx").read_text() for name in discover())
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['ppo_mlx.py', *{SMOKE['ppo']!r}, '--track']\n"
+        f"runpy.run_path({str(script_path('ppo', 'mlx'))!r}, run_name='__main__')\n"
+        "print('torch loaded:', sys.modules.get('torch') is not None)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    check_ok(proc)
+    assert proc.stdout.strip().endswith("torch loaded: False"), proc.stdout[-500:]
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "the run was not tracked"
