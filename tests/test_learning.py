@@ -106,9 +106,9 @@ LEARNING = {
 }
 
 
-# The Atari pairs learn in MLX only here: a torch Atari run costs ~6 min of CI's ~40 (2 cores). The torch twins'
-# learning is shown at a real budget instead, on Breakout in benchmark/results/cleanrl-budgets; in CI their update
-# matches MLX's (tests/test_parity_ppo_atari.py, test_parity_dqn_atari.py) and their loop is MLX's
+# The Atari pairs learn in MLX only here: a torch Atari run took 347-420 s of a 2-core VM's ~58 min suite. The
+# torch twins' learning is shown at a real budget instead, on Breakout in benchmark/results/cleanrl-budgets; in CI
+# their update matches MLX's (tests/test_parity_ppo_atari.py, test_parity_dqn_atari.py) and their loop is MLX's
 # (tests/test_twin_fidelity.py).
 MLX_ONLY = {"ppo_atari", "dqn_atari"}
 
