@@ -238,6 +238,8 @@ def add_intervals(rows, runs, reps=BOOTSTRAP_REPS) -> bool:
     for r in runs:
         if r["returncode"] == 0:
             ok.setdefault((r["script"], r["env_id"], r["variant"]), []).append(r)
+    for rs in ok.values():  # the bootstrap resamples by position: seed order, not the order runs were loaded in
+        rs.sort(key=lambda r: int(r["seed"]))
 
     def column(key, field):
         return np.array([[r[field]] for r in ok.get(key, [])], dtype=float)
