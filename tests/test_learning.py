@@ -107,12 +107,12 @@ LEARNING = {
 # torch twins' learning is shown at a real budget instead, on Breakout in benchmark/results/cleanrl-budgets; in CI
 # their update matches MLX's (tests/test_parity_ppo_atari.py, test_parity_dqn_atari.py) and their loop is MLX's
 # (tests/test_twin_fidelity.py).
-MLX_ONLY = {"ppo_atari", "dqn_atari"}
+LEARN_IN_MLX_ONLY = {"ppo_atari", "dqn_atari"}
 
 
 @pytest.mark.learning
 @pytest.mark.parametrize(
-    "name,framework", [(name, fw) for name in LEARNING for fw in ("mlx", "torch") if fw == "mlx" or name not in MLX_ONLY]
+    "name,framework", [(name, fw) for name in LEARNING for fw in ("mlx", "torch") if fw == "mlx" or name not in LEARN_IN_MLX_ONLY]
 )
 def test_reaches_threshold(name, framework, tmp_path):
     args, threshold, last_n, eval_threshold = LEARNING[name]
