@@ -109,9 +109,11 @@ LEARNING = {
 # to its MLX script by the parity tests (same weights and batch: same loss, gradients and update), by
 # tests/test_twin_fidelity.py (the loop is the same text but for framework lines) and by its smoke and resume runs;
 # its learning at CleanRL's budgets is in benchmark/results/cleanrl-budgets.
-ATARI = {"ppo_atari", "dqn_atari"}
+# qrdqn_actor_learner's learner, fed by its in-process actor, runs qrdqn's algorithm, which learns in CI; its actors'
+# plumbing has its own tests (tests/test_parity_qrdqn_actor_learner.py).
+FULL_ONLY = {"ppo_atari", "dqn_atari", "qrdqn_actor_learner"}
 CASES = [
-    pytest.param(name, fw, marks=[pytest.mark.full_learning] if fw == "torch" or name in ATARI else [])
+    pytest.param(name, fw, marks=[pytest.mark.full_learning] if fw == "torch" or name in FULL_ONLY else [])
     for name in LEARNING
     for fw in ("mlx", "torch")
 ]

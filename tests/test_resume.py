@@ -303,8 +303,14 @@ BAD_RESUME = {
 }
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-@pytest.mark.parametrize("case", BAD_RESUME)
+# The checks are load_checkpoint's, one text in every script (test_checkpoint_functions_are_the_same_text_everywhere), but
+# the shapes' (restore_arrays, framework code): every case in MLX, and in torch that one and a file check (~8 s a run).
+TORCH_BAD_RESUME = ("other shapes", "corrupted file")
+
+
+@pytest.mark.parametrize(
+    "case,framework", [(case, fw) for case in BAD_RESUME for fw in FRAMEWORKS if fw == "mlx" or case in TORCH_BAD_RESUME]
+)
 def test_bad_resume_input_is_one_line_and_overwrites_nothing(case, framework, first_halves, tmp_path):
     args, n = RESUMABLE["sac"]
     cwd = copy_tree(first_halves("sac", framework), tmp_path / "run")
