@@ -1,5 +1,5 @@
 """Each script, both twins, reaches a return threshold within a CPU budget on a fixed seed: the test
-that tells a real implementation from a toy one."""
+that tells a real implementation from a toy one (CI runs the MLX twins' but three; --full-learning runs them all)."""
 
 import numpy as np
 import pytest
