@@ -1,7 +1,7 @@
 """Suite order: the learning tests (minutes each) start first and the Atari ones (the longest) first of all, so the
 two xdist workers of CI end together instead of one idling while the other finishes a long test at the end.
 Where envpool has no wheel (see requirements-mlx.txt), the tests of ppo_atari_envpool are skipped, not failed. The
-learning runs marked `full_learning` (the torch twins' and the Atari pairs') run only with --full-learning."""
+learning runs marked `full_learning` (which, and why: tests/test_learning.py) run only with --full-learning."""
 
 import importlib.util
 

@@ -103,14 +103,14 @@ LEARNING = {
 }
 
 
-# CI runs each pair's learning test in MLX: ~13 CPU-minutes of the 2-core VM. The torch twins' runs and the Atari
-# pairs' (~55 CPU-minutes more) carry the `full_learning` mark and run with --full-learning, before a change to a
-# script lands (CONTRIBUTING.md). In CI a torch twin is held
-# to its MLX script by the parity tests (same weights and batch: same loss, gradients and update), by
+# CI runs each pair's learning test in MLX (883 s of worker time in a full run of b8aba09 on the 2-core VM) but
+# FULL_ONLY's; the torch twins' runs and FULL_ONLY's (~3,300 s more in earlier full runs) carry the `full_learning`
+# mark and run with --full-learning, before a change to a script lands (CONTRIBUTING.md). In CI a torch twin is held to
+# its MLX script by the parity tests (same weights and batch: same loss, gradients and update), by
 # tests/test_twin_fidelity.py (the loop is the same text but for framework lines) and by its smoke and resume runs;
-# its learning at CleanRL's budgets is in benchmark/results/cleanrl-budgets.
-# qrdqn_actor_learner's learner, fed by its in-process actor, runs qrdqn's algorithm, which learns in CI; its actors'
-# plumbing has its own tests (tests/test_parity_qrdqn_actor_learner.py).
+# its learning at CleanRL's budgets is in benchmark/results/cleanrl-budgets. qrdqn_actor_learner's learner, fed by its
+# in-process actor, runs qrdqn's algorithm, which learns in CI; its actors' plumbing has its own tests
+# (tests/test_parity_qrdqn_actor_learner.py).
 FULL_ONLY = {"ppo_atari", "dqn_atari", "qrdqn_actor_learner"}
 CASES = [
     pytest.param(name, fw, marks=[pytest.mark.full_learning] if fw == "torch" or name in FULL_ONLY else [])
