@@ -37,13 +37,13 @@ SMOOTH_EPISODES = 10  # a learning curve is the mean over this many episodes ...
 CURVE_POINTS = 300  # ... kept at this many points per run (plotted and recorded)
 RECORD_FIELDS = [
     "name", "script", "env_id", "variant", "framework", "seed", "returncode", "blas", "device", "steps", "final_return",
-    "sps", *TIMING_TAGS, "wall_s", "peak_rss_mb", "started", "machine", "args", "log_tail",
+    "eval_return", "sps", *TIMING_TAGS, "wall_s", "peak_rss_mb", "started", "machine", "args", "log_tail",
 ]  # fmt: skip
 MIN_SEEDS_FOR_INTERVALS = 3
 BOOTSTRAP_REPS = 10_000
 COLUMNS = [
     "script", "env_id", "variant", "framework", "blas", "device", "seeds", "total_timesteps",
-    "return_mean", "return_std", "return_iqm", "return_iqm_low", "return_iqm_high",
+    "return_mean", "return_std", "return_iqm", "return_iqm_low", "return_iqm_high", "eval_mean", "eval_std", "eval_seeds",
     "sps_median", "sps_ratio_vs_torch", "sps_ratio_low", "sps_ratio_high", "wall_s_mean", "peak_rss_mb",
     "env_us", "inference_us", "update_us",
     "published_return", "published_std", "published_steps", "published_env", "published_by", "failed_runs",
@@ -98,6 +98,8 @@ def load_run(run_dir: Path) -> dict:
     returns = [v for _, v in scalars.get("charts/episodic_return", [])]
     record["curve"] = smoothed_curve(scalars.get("charts/episodic_return", []))
     record["final_return"] = float(np.mean(returns[-LAST_EPISODES:])) if returns else math.nan
+    evals = [v for _, v in scalars.get("eval/episodic_return", [])]  # the saved model's episodes (--save-model)
+    record["eval_return"] = float(np.mean(evals)) if evals else math.nan
     record["sps"] = float(np.median([v for _, v in scalars["charts/SPS"]]))
     record["steps"] = scalars["charts/SPS"][-1][0]
     for tag in TIMING_TAGS:
@@ -135,6 +137,7 @@ def read_records(out_dir: Path) -> list[dict]:
             r = {k: v if k in text else (float(v) if v else math.nan) for k, v in row.items() if k not in ("machine", "args")}
             r |= {"seed": int(r["seed"]), "returncode": int(r["returncode"]), "machine": json.loads(row["machine"])}
             r |= {"args": json.loads(row["args"]), "dir": None, "curve": curves.get(r["name"], [])}
+            r.setdefault("eval_return", math.nan)  # recorded before runs.csv had the column
             if r["returncode"] == 0:
                 r["steps"] = int(r["steps"])
             records.append(r)
@@ -166,6 +169,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     for (script, env_id, variant), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], variant_order(kv[0][2]))):
         ok = [r for r in rs if r["returncode"] == 0]
         finals = [r["final_return"] for r in ok]
+        evals = [r["eval_return"] for r in ok if math.isfinite(r.get("eval_return", math.nan))]
         pub = published_for(script, env_id)
         row = {
             "script": script,
@@ -179,6 +183,9 @@ def summarize(runs: list[dict]) -> list[dict]:
             "return_mean": float(np.mean(finals)) if ok else math.nan,
             "return_std": float(np.std(finals)) if ok else math.nan,
             **dict.fromkeys(("return_iqm", "return_iqm_low", "return_iqm_high"), math.nan),
+            "eval_mean": float(np.mean(evals)) if evals else math.nan,
+            "eval_std": float(np.std(evals)) if evals else math.nan,
+            "eval_seeds": len(evals),
             "sps_median": float(np.median([r["sps"] for r in ok])) if ok else math.nan,
             "sps_ratio_vs_torch": math.nan,
             **dict.fromkeys(("sps_ratio_low", "sps_ratio_high"), math.nan),
@@ -283,18 +290,30 @@ def with_interval(value, low, high, spec) -> str:
     return f"{fmt(value, spec)} [{fmt(low, spec)}, {fmt(high, spec)}]"
 
 
+def eval_cell(row) -> str:
+    """The saved model's return (mean ± std over the seeds that saved one), naming how many did where not all."""
+    if not row.get("eval_seeds"):
+        return "–"
+    cell = f"{fmt(row['eval_mean'], '.2f')} ± {fmt(row['eval_std'], '.2f')}"
+    return cell if row["eval_seeds"] == row["seeds"] else f"{cell} ({row['eval_seeds']} of {row['seeds']} seeds)"
+
+
 def table_md(rows) -> str:
+    evals = any(r.get("eval_seeds") for r in rows)  # the column only where a run saved and evaluated its model
     lines = [
-        "| script | env | framework | BLAS | seeds | steps | return (last 100 ep.) | IQM [95% CI] | CleanRL published | "
-        "median SPS | MLX/torch SPS | wall (s) | peak RSS (MB) | env µs | inference µs | update µs |",
-        "|" + "---|" * 16,
+        "| script | env | framework | BLAS | seeds | steps | return (last 100 ep.) | IQM [95% CI] | "
+        + ("saved model (eval) | " if evals else "")
+        + "CleanRL published | median SPS | MLX/torch SPS | wall (s) | peak RSS (MB) | env µs | inference µs | update µs |",
+        "|" + "---|" * (16 + evals),
     ]
     for r in rows:
         iqm = with_interval(r["return_iqm"], r["return_iqm_low"], r["return_iqm_high"], ".2f")
         ratio = with_interval(r["sps_ratio_vs_torch"], r["sps_ratio_low"], r["sps_ratio_high"], ".2f")
         lines.append(
             f"| {r['script']} | {r['env_id']} | {r['variant']} | {r['blas'] or '–'} | {r['seeds']} | {fmt(r['total_timesteps'], ',')} | "
-            f"{fmt(r['return_mean'], '.2f')} ± {fmt(r['return_std'], '.2f')} | {iqm} | {published_cell(r)} | {fmt(r['sps_median'], '.0f')} | "
+            f"{fmt(r['return_mean'], '.2f')} ± {fmt(r['return_std'], '.2f')} | {iqm} | "
+            + (f"{eval_cell(r)} | " if evals else "")
+            + f"{published_cell(r)} | {fmt(r['sps_median'], '.0f')} | "
             f"{ratio} | {fmt(r['wall_s_mean'])} | {fmt(r['peak_rss_mb'], '.0f')} | {fmt(r['env_us'])} | {fmt(r['inference_us'])} | "
             f"{fmt(r['update_us'])} |"
         )
@@ -528,6 +547,16 @@ def write_report(
         "the process's wall time, start-up included (mean over seeds). Peak RSS: the script process's "
         "maximum resident memory (max over seeds; its children, e.g. actor processes, not included).",
         "",
+        *(
+            [
+                "Saved model (eval): the runs ran with `--save-model`, which evaluates the saved model after training "
+                "as each script's `evaluate` says (mostly as CleanRL's `*_eval` do: sampled actions for the policies, epsilon "
+                "0.05 for the Q-networks); the mean of each run's `eval/episodic_return` episodes, mean ± std over seeds.",
+                "",
+            ]
+            if any(r.get("eval_seeds") for r in rows)
+            else []
+        ),
         statistics_text(has_rliable, reps),
         "",
         *(
@@ -552,11 +581,18 @@ def write_report(
         "",
     ]
     md += ["## Runs", "", "One row per run: the budget it reached and its last-100-episode return.", ""]
-    md += ["| script | env | variant | seed | steps | return (last 100 ep.) | wall (s) |", "|---|---|---|---|---|---|---|"]
+    evals = any(math.isfinite(r.get("eval_return", math.nan)) for r in runs)
+    md += ["| script | env | variant | seed | steps | return (last 100 ep.) | " + ("saved model (eval) | " if evals else "")]
+    md[-1] += "wall (s) |"
+    md += ["|" + "---|" * (7 + evals)]
     for r in sorted(runs, key=lambda r: (r["script"], r["env_id"], variant_order(r["variant"]), r["seed"])):
-        steps, ret = (fmt(r.get(k, ""), spec) for k, spec in (("steps", ","), ("final_return", ".2f")))
+        steps, ret, ev = (
+            fmt(r.get(k, ""), spec) for k, spec in (("steps", ","), ("final_return", ".2f"), ("eval_return", ".2f"))
+        )
         wall = fmt(r["wall_s"], ".0f") if r["returncode"] == 0 else f"failed ({r['returncode']})"
-        md.append(f"| {r['script']} | {r['env_id']} | {r['variant']} | {r['seed']} | {steps} | {ret} | {wall} |")
+        md.append(
+            f"| {r['script']} | {r['env_id']} | {r['variant']} | {r['seed']} | {steps} | {ret} | {ev + ' | ' if evals else ''}{wall} |"
+        )
     md.append("")
     failed = [r for r in runs if r["returncode"] != 0]
     if failed:

@@ -47,6 +47,8 @@ FAKE_SCRIPT = textwrap.dedent(
         """stop at this step as on SIGTERM"""
         resume: str = ""
         """the run folder to continue"""
+        save_model: bool = False
+        """log three eval episodes, seed*10 + 0..2, as a saved model's evaluation"""
 
     args = tyro.cli(Args)
     FRAMEWORK = "{framework}"
@@ -78,6 +80,8 @@ FAKE_SCRIPT = textwrap.dedent(
         (pathlib.Path(run_name) / f"checkpoints/step_{{stop:012d}}").mkdir(parents=True)
         (pathlib.Path(run_name) / f"checkpoints/step_{{stop:012d}}/state.json").write_text(json.dumps({{"global_step": stop}}))
         sys.exit(print(f"fake_{{FRAMEWORK}}.py: stopped at step {{stop}}; resume with --resume {{run_name}}"))
+    for i in range(3 if args.save_model else 0):
+        writer.add_scalar("eval/episodic_return", args.seed * 10 + i, i)
     writer.close()
     '''
 )
@@ -620,6 +624,32 @@ def test_recorded_runs_outlive_their_logs_and_a_rerun_replaces_its_record(fake_d
         assert len(list(csv.DictReader(f))) == 3  # recorded again, so a third sitting keeps all three
     (row,) = report.write_report(tmp_path / "runs" / "two", tmp_path / "plain")
     assert row["seeds"] == 2
+
+
+def test_a_saved_models_evaluation_is_reported_recorded_and_shown_in_the_docs(fake_dirs, tmp_path):
+    """Runs with --save-model log eval/episodic_return: the table gains a column with its mean ± std over seeds,
+    each run's row its own mean, runs.csv keeps it for a later sitting, and the docs' return cell names it; a
+    sweep without it has no such column."""
+    from benchmark import docs
+
+    argv = ("--scripts", "fake", "--seeds", "1", "3", "--frameworks", "torch", "--workers", "2", "--tag", "ev")
+    assert run_main(*argv, "--", "--save-model", dirs=fake_dirs, runs_dir=tmp_path / "runs") == 0
+    (row,) = report.write_report(tmp_path / "runs" / "ev", tmp_path / "results" / "ev")
+    # eval episodes seed*10 + 0..2: 11 (seed 1) and 31 (seed 3); training's last 100 episodes: 1099.5 and 3099.5
+    assert (row["eval_mean"], row["eval_std"], row["eval_seeds"]) == (pytest.approx(21.0), pytest.approx(10.0), 2)
+    md = (tmp_path / "results" / "ev" / "results.md").read_text()
+    assert "| saved model (eval) | CleanRL published |" in md and "| 21.00 ± 10.00 |" in md
+    assert "| 1 | 1,000 | 1099.50 | 11.00 |" in md and "| 3 | 1,000 | 3099.50 | 31.00 |" in md
+    recorded = {r["seed"]: r["eval_return"] for r in report.read_records(tmp_path / "results" / "ev")}
+    assert recorded == {1: pytest.approx(11.0), 3: pytest.approx(31.0)}
+    block = docs.docs_block(docs.load_results(tmp_path / "results"), "fake", tmp_path)
+    assert "| 2099.5 ± 1000.0 (saved model: 21.0 ± 10.0) |" in block
+    assert report.eval_cell(row | {"eval_seeds": 1}) == "21.00 ± 10.00 (1 of 2 seeds)"
+
+    assert run_main(*argv[:-1], "plain", dirs=fake_dirs, runs_dir=tmp_path / "runs") == 0
+    (row,) = report.write_report(tmp_path / "runs" / "plain", tmp_path / "results" / "plain")
+    assert row["eval_seeds"] == 0 and "saved model" not in (tmp_path / "results" / "plain" / "results.md").read_text()
+    assert "saved model" not in docs.with_eval(row, "2099.5")
 
 
 def test_machine_of_a_table_whose_runs_ran_on_two_machines():
