@@ -60,7 +60,8 @@ def with_eval(row, cell: str) -> str:
     """A return cell, followed by the saved model's evaluated return where the runs saved one (older csvs lack it)."""
     if not float(row.get("eval_seeds") or 0):
         return cell
-    return f"{cell} (saved model: {number(row['eval_mean'], '.1f')} ± {number(row['eval_std'], '.1f')})"
+    some = "" if row["eval_seeds"] == row["seeds"] else f", {row['eval_seeds']} of {row['seeds']} seeds"
+    return f"{cell} (saved model: {number(row['eval_mean'], '.1f')} ± {number(row['eval_std'], '.1f')}{some})"
 
 
 def machine_cell(row) -> str:

@@ -550,8 +550,8 @@ def write_report(
         *(
             [
                 "Saved model (eval): the runs ran with `--save-model`, which evaluates the saved model after training "
-                "as each script's `evaluate` says (mostly as CleanRL's `*_eval` do: sampled actions for the policies, epsilon "
-                "0.05 for the Q-networks); the mean of each run's `eval/episodic_return` episodes, mean ± std over seeds.",
+                "as each script's `evaluate` says (mostly as CleanRL's `*_eval` do: sampled actions for the policies, epsilon-"
+                "greedy for the Q-networks: 0.05, qrdqn its final --end-e 0.04); the mean of each run's `eval/episodic_return` episodes, mean ± std over seeds.",
                 "",
             ]
             if any(r.get("eval_seeds") for r in rows)
@@ -582,8 +582,9 @@ def write_report(
     ]
     md += ["## Runs", "", "One row per run: the budget it reached and its last-100-episode return.", ""]
     evals = any(math.isfinite(r.get("eval_return", math.nan)) for r in runs)
-    md += ["| script | env | variant | seed | steps | return (last 100 ep.) | " + ("saved model (eval) | " if evals else "")]
-    md[-1] += "wall (s) |"
+    md += [
+        "| script | env | variant | seed | steps | return (last 100 ep.) | " + ("saved model (eval) | " * evals) + "wall (s) |"
+    ]
     md += ["|" + "---|" * (7 + evals)]
     for r in sorted(runs, key=lambda r: (r["script"], r["env_id"], variant_order(r["variant"]), r["seed"])):
         steps, ret, ev = (
