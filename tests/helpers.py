@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmark.pairs import DEFAULT_DIRS, REPO, load_script, script_path  # noqa: F401 (shared with benchmark/; re-exported)
 from benchmark.report import read_scalars
@@ -148,11 +149,53 @@ def assert_clipped_adam_steps_match(t_module, m_module, t_loss, m_loss, batches,
         assert_close(m_params[name], p, atol=atol, what=f"param {name} after Adam")
 
 
+def init_kind(name, value, params) -> tuple:
+    """How a freshly built parameter was initialised, from its values: ("constant", c), ("orthogonal", gain) for
+    torch.nn.init.orthogonal_ (CleanRL's layer_init: every singular value equal to the gain), ("uniform", bound) for
+    torch's default Linear/Conv init (U(-b, b), b = 1/sqrt(fan_in), a bias's fan_in its weight's), ("norm", n) for
+    any other weight (a one-row orthogonal weight's norm is its gain), or ("other", None)."""
+    if np.all(value == value.flat[0]) and (value.size > 1 or value.flat[0] == 0):  # one random number is no constant
+        return "constant", float(value.flat[0])
+    if value.ndim >= 2 and min(value.shape[0], value[0].size) > 1:
+        s = np.linalg.svd(value.reshape(value.shape[0], -1), compute_uv=False)
+        if s.max() <= s.min() * (1 + 1e-4):
+            return "orthogonal", float(s.mean())
+    weight = params.get(name.removesuffix("bias") + "weight", value) if name.endswith("bias") else value
+    if weight.ndim >= 2:
+        bound, top = 1 / np.sqrt(np.prod(weight.shape[1:])), np.abs(value).max()
+        spread = value.size < 16 or top >= bound / 2  # 16 draws of U(-b, b) all under b/2: p = 2**-16
+        shape = value.size < 1024 or abs(value.std() * np.sqrt(3) / bound - 1) < 0.1  # U(-b, b) has std b/sqrt(3)
+        if top <= bound * (1 + 1e-5) and spread and shape:
+            return "uniform", float(bound)
+    if value.ndim >= 2:
+        return "norm", float(np.linalg.norm(value))
+    return "other", None
+
+
+def assert_same_init(fresh_m, fresh_t):
+    """Freshly built twins are initialised alike, each as torch (so CleanRL) does: each parameter is the same kind of
+    init_kind in both twins with the same constant, bound, gain or norm (the values differ: the frameworks' RNGs do); a
+    parameter of no kind must be a fixed buffer (c51's atoms), the same in both. Called by cross_load on its fresh
+    modules; it catches e.g. MLX's Conv2d, whose bias starts at zero where torch's is U(-b, b)."""
+    m, t = mlx_params(fresh_m), torch_params(fresh_t)
+    assert sorted(m) == sorted(t), f"parameter names differ: {sorted(m)} vs {sorted(t)}"
+    for name in t:
+        (m_kind, m_value), (t_kind, t_value) = init_kind(name, m[name], m), init_kind(name, t[name], t)
+        if t_kind == "other":  # a fixed buffer (c51's atoms): the same values; a random one is no known init: fail
+            np.testing.assert_allclose(m[name], t[name], rtol=1e-6, err_msg=f"{name}: not a known init nor the same values")
+            continue
+        assert t_kind != "norm" or len(t[name]) == 1, f"{name}: the torch twin's init is none of init_kind's"
+        assert (m_kind, m_value) == pytest.approx((t_kind, t_value), rel=1e-3), (
+            f"{name}: MLX {m_kind} {m_value}, torch {t_kind} {t_value}"
+        )
+
+
 def cross_load(m_module, t_module, fresh_m, fresh_t, tmp_path):
     """Each twin saves its module with its own framework; the file loads into a fresh module of the other
     (torch's load_state_dict is strict). Returns (fresh_m with t_module's weights, fresh_t with m_module's)."""
     from safetensors.torch import load_file, save_file
 
+    assert_same_init(fresh_m, fresh_t)
     m_path, t_path = str(tmp_path / "m.safetensors"), str(tmp_path / "t.safetensors")
     m_module.save_weights(m_path)
     fresh_t.load_state_dict(load_file(m_path))

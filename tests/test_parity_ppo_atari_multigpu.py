@@ -37,6 +37,7 @@ from tests.helpers import (
     assert_close,
     assert_first_adam_step,
     assert_same_grads,
+    assert_same_init,
     assert_same_weights,
     check_ok,
     load_script,
@@ -66,6 +67,10 @@ def twins():
         t_agent.actor.weight.normal_(0, 0.05)
     torch_params_to_mlx(t_agent, m_agent)
     return t_agent, m_agent
+
+
+def test_fresh_agents_are_initialised_alike():  # the other pairs check this in cross_load
+    assert_same_init(P_MLX.Agent(N_ACTIONS), P_TORCH.Agent(N_ACTIONS))
 
 
 def make_batch(seed, n=B):
