@@ -192,7 +192,8 @@ def assert_same_init(fresh_m, fresh_t):
 
 def cross_load(m_module, t_module, fresh_m, fresh_t, tmp_path):
     """Each twin saves its module with its own framework; the file loads into a fresh module of the other
-    (torch's load_state_dict is strict). Returns (fresh_m with t_module's weights, fresh_t with m_module's)."""
+    (torch's load_state_dict is strict). The fresh modules are first checked to be initialised alike (assert_same_init),
+    which every pair's cross-load test thereby covers. Returns (fresh_m with t_module's weights, fresh_t with m_module's)."""
     from safetensors.torch import load_file, save_file
 
     assert_same_init(fresh_m, fresh_t)
