@@ -344,14 +344,18 @@ def plot_curves(runs, script, env_id, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     by_variant: dict[str, list] = {}
     for r in runs:
-        if r["script"] == script and r["env_id"] == env_id and r["returncode"] == 0 and r["curve"]:
+        if r["script"] == script and r["env_id"] == env_id and r["returncode"] == 0:
             by_variant.setdefault(r["variant"], []).append(r["curve"])
     for variant in sorted(by_variant, key=variant_order):
-        curves = by_variant[variant]
+        curves, seeds = [c for c in by_variant[variant] if c], len(by_variant[variant])
+        n = f"{seeds} seed{'' if seeds == 1 else 's'}"
+        if not curves:  # recorded before curves.csv existed: the row stays in the table, the curve is lost
+            ax.plot([], [], label=f"{variant}: no curve recorded ({n})")
+            continue
         grid = np.linspace(0, min(c[-1][0] for c in curves), 200)  # each curve is smoothed already (smoothed_curve)
         ys = np.stack([np.interp(grid, [s for s, _ in c], [v for _, v in c]) for c in curves])
         mean, std = ys.mean(0), ys.std(0)
-        ax.plot(grid, mean, label=f"{variant} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
+        ax.plot(grid, mean, label=f"{variant} ({n})" if len(curves) == seeds else f"{variant} ({len(curves)} of {seeds} seeds)")
         ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
     pub = published_for(script, env_id)
     if pub:  # CleanRL's final return (mean ± std over its seeds) at its budget

@@ -528,6 +528,24 @@ def test_curves_draw_cleanrl_published_return(tmp_path, monkeypatch):
     assert lines == [registry.published_for("ppo", "CartPole-v1").mean]
 
 
+def test_curve_legend_counts_the_seeds_whose_curve_is_lost(tmp_path, monkeypatch):
+    """A run kept from runs.csv without its curve (its logs gone before curves.csv existed) is still counted: the
+    legend says how many of a variant's seeds the line shows, and names a variant whose every curve is lost."""
+    import matplotlib.axes
+
+    labels = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "plot", lambda self, *a, **kw: labels.append(kw["label"]) or original(self, *a, **kw)
+    )
+    curve = [(0, 10.0), (100, 50.0)]
+    runs = [dict(script="td3", env_id="Hopper-v5", returncode=0, variant="mlx", curve=c) for c in (curve, [], curve)]
+    runs += [dict(script="td3", env_id="Hopper-v5", returncode=0, variant="torch", curve=[])]
+    runs += [dict(script="td3", env_id="Hopper-v5", returncode=1, variant="torch", curve=curve)]  # a failed run: not drawn
+    report.plot_curves(runs, "td3", "Hopper-v5", tmp_path / "c.png")
+    assert labels == ["mlx (2 of 3 seeds)", "torch: no curve recorded (1 seed)"]
+
+
 def test_published_cell_names_cleanrl_env_version_where_it_differs():
     row = dict(published_return=1442.64, published_std=46.03, published_steps=1_000_000, total_timesteps=1_000_000)
     assert report.published_cell(row | {"published_env": ""}) == "1442.64 ± 46.03"
