@@ -225,10 +225,17 @@ def load_rliable():
 
 def bootstrap(rly, scores, func, reps, seed=0):
     """rliable's point estimate and 95% percentile-bootstrap interval of func over scores: one (seeds x 1) array
-    (stratified bootstrap over seeds), or a list of them resampled independently (func gets one array each)."""
-    with warnings.catch_warnings():  # arch deprecates its random_state argument, which rliable passes on
-        warnings.simplefilter("ignore", FutureWarning)
-        point, interval = rly.get_interval_estimates({"x": scores}, func, reps=reps, random_state=np.random.RandomState(seed))
+    (stratified bootstrap over seeds), or a list of them resampled independently (func gets one array each).
+    rliable 1.2 draws its resampling indices from numpy's global RNG, not from the random_state it is given: seed
+    that for the call (and put it back after), so the same runs give the same interval every time."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch deprecates its random_state argument, which rliable passes on
+            warnings.simplefilter("ignore", FutureWarning)
+            point, interval = rly.get_interval_estimates({"x": scores}, func, reps=reps, random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
     return float(point["x"][0]), float(interval["x"][0][0]), float(interval["x"][1][0])
 
 

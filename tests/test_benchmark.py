@@ -331,6 +331,21 @@ def test_iqm_and_sps_ratio_intervals_for_three_or_more_seeds(fake_dirs, tmp_path
     assert (tmp_path / "plain" / "sps_ratio.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bootstrap_intervals_are_the_same_every_time():
+    """rliable resamples with numpy's global RNG whatever random_state it is given: the report's intervals must not
+    depend on what drew from that RNG before (they moved between regenerations of the same runs), nor move it."""
+    rly = (report.load_rliable() or pytest.skip("rliable is not installed"))[0]
+    sps = [np.array([[4971.5], [3305.0], [4444.5], [3580.5]]), np.array([[2000.0], [2100.0], [1900.0], [2300.0]])]
+    ratio = lambda m, t: np.array([np.median(m) / np.median(t)])  # noqa: E731
+    first = report.bootstrap(rly, sps, ratio, reps=300)
+    np.random.seed(1)
+    np.random.random(7)  # a caller's draws in between
+    after = np.random.get_state()[1].copy()
+    assert report.bootstrap(rly, sps, ratio, reps=300) == first
+    assert (np.random.get_state()[1] == after).all()
+    assert first[1] < first[0] < first[2]  # a real interval around the ratio of medians, not a constant
+
+
 # ---------------------------------------------------------------- a real sweep, end to end
 
 
