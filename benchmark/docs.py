@@ -16,7 +16,7 @@ import csv
 import json
 from pathlib import Path
 
-from benchmark.machine import cpu_label
+from benchmark.machine import cpu_label, join_cpus
 from benchmark.pairs import REPO, RESULTS_DIR, discover
 from benchmark.registry import bench_for
 from benchmark.report import published_cell
@@ -64,9 +64,11 @@ def with_eval(row, cell: str) -> str:
     return f"{cell} (saved model: {number(row['eval_mean'], '.1f')} ± {number(row['eval_std'], '.1f')}{some})"
 
 
-def machine_cell(row) -> str:
-    m = row["machine"]
-    return f"{cpu_label(m)}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}"
+def machine_cell(*rows) -> str:
+    """The CPUs the rows' runs ran on (older csvs lack them: the folder's machine), cores, MLX's device and BLAS."""
+    m = rows[0]["machine"]
+    cpus = join_cpus(cpu for r in rows for cpu in (r.get("machines") or cpu_label(m)).split("; "))
+    return f"{cpus}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}"
 
 
 def link(path: Path, page_dir: Path) -> str:
@@ -127,7 +129,7 @@ def readme_block(rows, pairs, page_dir: Path = REPO) -> str:
             f"| [{script}]({doc}) | {mlx['env_id']} | {number(mlx['total_timesteps'], ',.0f')} | "
             f"{with_eval(mlx, number(mlx['return_mean'], '.1f'))} | {with_eval(torch, number(torch['return_mean'], '.1f'))} | "
             f"{published(mlx)} | "
-            f"{sps} | {machine_cell(mlx)} | [{mlx['folder'].name}]({folder}/results.md) |"
+            f"{sps} | {machine_cell(mlx, torch)} | [{mlx['folder'].name}]({folder}/results.md) |"
         )
     return "\n".join(lines) + "\n"
 

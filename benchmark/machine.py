@@ -68,6 +68,13 @@ def cpu_label(info: dict) -> str:
     return f"{info['cpu']} ({info['simd']})" if info.get("simd") else info["cpu"]
 
 
+def join_cpus(labels) -> str:
+    """Distinct CPU labels, `; `-joined; a bare name (vector unit not recorded) is left out where another label names
+    the same CPU with its vector unit."""
+    labels = set(labels)
+    return "; ".join(sorted(la for la in labels if not any(other.startswith(f"{la} (") for other in labels)))
+
+
 def describe(info: dict) -> str:
     """One line naming the machine and the versions."""
     return (

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from benchmark.machine import describe
+from benchmark.machine import cpu_label, describe, join_cpus
 from benchmark.pairs import RESULTS_DIR
 from benchmark.registry import TIMING_TAGS, published_for
 from benchmark.run import log_tail
@@ -37,7 +37,7 @@ SMOOTH_EPISODES = 10  # a learning curve is the mean over this many episodes ...
 CURVE_POINTS = 300  # ... kept at this many points per run (plotted and recorded)
 RECORD_FIELDS = [
     "name", "script", "env_id", "variant", "framework", "seed", "returncode", "blas", "device", "steps", "final_return",
-    "eval_return", "sps", *TIMING_TAGS, "wall_s", "peak_rss_mb", "started", "machine", "args", "log_tail",
+    "eval_return", "sps", *TIMING_TAGS, "wall_s", "peak_rss_mb", "started", "machine", "args", "log_tail", "machines",
 ]  # fmt: skip
 MIN_SEEDS_FOR_INTERVALS = 3
 BOOTSTRAP_REPS = 10_000
@@ -47,6 +47,7 @@ COLUMNS = [
     "sps_median", "sps_ratio_vs_torch", "sps_ratio_low", "sps_ratio_high", "wall_s_mean", "peak_rss_mb",
     "env_us", "inference_us", "update_us",
     "published_return", "published_std", "published_steps", "published_env", "published_by", "failed_runs",
+    "machines",
 ]  # fmt: skip
 
 
@@ -113,7 +114,10 @@ def write_records(runs: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in sorted(runs, key=lambda r: r["name"]):
-            writer.writerow({**r, "machine": json.dumps(r["machine"], sort_keys=True), "args": json.dumps(r.get("args", []))})
+            machines = {"machine": r["machine"], "machines": r.get("machines", [])}  # every sitting's, for a resumed run
+            writer.writerow(
+                r | {k: json.dumps(v, sort_keys=True) for k, v in machines.items()} | {"args": json.dumps(r.get("args", []))}
+            )
     with open(out_dir / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "step", "return"])
@@ -134,9 +138,14 @@ def read_records(out_dir: Path) -> list[dict]:
     records = []
     with open(out_dir / "runs.csv", newline="") as f:
         for row in csv.DictReader(f):
-            r = {k: v if k in text else (float(v) if v else math.nan) for k, v in row.items() if k not in ("machine", "args")}
+            r = {
+                k: v if k in text else (float(v) if v else math.nan)
+                for k, v in row.items()
+                if k not in ("machine", "args", "machines")
+            }
             r |= {"seed": int(r["seed"]), "returncode": int(r["returncode"]), "machine": json.loads(row["machine"])}
             r |= {"args": json.loads(row["args"]), "dir": None, "curve": curves.get(r["name"], [])}
+            r["machines"] = json.loads(row.get("machines") or "[]")  # every sitting's machine (older runs.csv lack it)
             r.setdefault("eval_return", math.nan)  # recorded before runs.csv had the column
             if r["returncode"] == 0:
                 r["steps"] = int(r["steps"])
@@ -202,6 +211,7 @@ def summarize(runs: list[dict]) -> list[dict]:
             "published_env": pub.env_id if pub else "",
             "published_by": pub.by if pub else "",
             "failed_runs": len(rs) - len(ok),
+            "machines": join_cpus(cpu_label(m) for r in rs for m in (r.get("machines") or [r["machine"]])),
         }
         rows.append(row)
     torch_sps = {(r["script"], r["env_id"]): r["sps_median"] for r in rows if r["variant"] == "torch"}

@@ -157,7 +157,7 @@ def warmups(specs) -> list[RunSpec]:
 def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     """Run one script to completion in run_dir (its runs/ lands there); log to run_dir/stdout.log.
     A spec that resumes (its `resume` set) appends to the log, and its record adds this sitting to the
-    recorded earlier ones: wall_s is their sum, `sittings` each one's wall time. Used as is by the local pool and a Ray task."""
+    recorded earlier ones: wall_s is their sum, `sittings` each one's wall time, `machines` each one's machine. Used as is by the local pool and a Ray task."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -185,6 +185,8 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     peak = max(filter(None, (peak, before.get("peak_rss_mb"))), default=None)
     record |= {"returncode": proc.returncode, "wall_s": sum(sittings), "started": before.get("started", start)}
     record |= {"peak_rss_mb": peak, "stopped_at": stopped_at(run_dir)} | ({"sittings": sittings} if resuming else {})
+    if resuming:  # `machine` is this sitting's; `machines` every sitting's, so a run continued elsewhere says so
+        record["machines"] = before.get("machines", [before["machine"]] if "machine" in before else []) + [record["machine"]]
     (run_dir / "run.json").write_text(json.dumps(record, indent=1))
     return record
 

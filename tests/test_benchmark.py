@@ -16,7 +16,7 @@ import pytest
 
 from benchmark import docs, registry, report
 from benchmark import run as bench_run
-from benchmark.machine import describe
+from benchmark.machine import cpu_label, describe
 from benchmark.pairs import REPO
 from benchmark.report import read_scalars
 
@@ -201,6 +201,7 @@ def test_resume_continues_stopped_runs_keeps_finished_ones_and_sums_their_sittin
     resumed = json.loads((runs / "r/fake__FakeEnv-v0__torch__1/run.json").read_text())
     assert resumed["stopped_at"] is None and resumed["returncode"] == 0 and resumed["started"] == first["started"]
     assert resumed["sittings"][0] == first["wall_s"] and resumed["wall_s"] == pytest.approx(sum(resumed["sittings"]))
+    assert "machines" not in first and resumed["machines"] == [first["machine"], resumed["machine"]]  # each sitting's
     log = (runs / "r/fake__FakeEnv-v0__torch__1/stdout.log").read_text()
     assert log.count("threads 1") == 2 and "stopped at step 500" in log and "benchmark.run: resumed at" in log
     # one run folder, its curve whole: the same as a run never stopped (seed 3's, less 2000)
@@ -647,11 +648,23 @@ def test_recorded_runs_outlive_their_logs_and_a_rerun_replaces_its_record(fake_d
     import shutil
 
     shutil.rmtree(tmp_path / "runs" / "one")
+    # seed 1 continued on another machine: the row names both CPUs (a bare name where the same CPU has its vector unit)
+    records = report.read_records(tmp_path / "out")
+    here = records[0]["machine"]
+    elsewhere = here | {"cpu": "Other CPU", "simd": "AVX2"}
+    records[0]["machines"] = [here, elsewhere, elsewhere | {"simd": ""}]
+    report.write_records(records, tmp_path / "out")
+    assert report.read_records(tmp_path / "out")[0]["machines"] == records[0]["machines"]
     second = ("--scripts", "fake", "--seeds", "3", "4", "--frameworks", "torch", "--workers", "2", "--tag", "two")
     assert run_main(*second, "--", "--extra", "7", dirs=fake_dirs, runs_dir=tmp_path / "runs") == 0
     (row,) = report.write_report(tmp_path / "runs" / "two", tmp_path / "out", keep_recorded=True)
     # seed 1 from its record (1099.5); seeds 3 and 4 from the new logs, with --extra 7 (3106.5, 4106.5)
     assert row["seeds"] == 3 and row["return_mean"] == pytest.approx((1099.5 + 3106.5 + 4106.5) / 3)
+    assert row["machines"] == "; ".join(sorted([cpu_label(here), "Other CPU (AVX2)"]))
+    cores = f"{here['cores']} cores, MLX – + –"
+    assert docs.machine_cell(row | {"machine": {"cpu": "X", "cores": here["cores"]}}) == f"{row['machines']}, {cores}"
+    assert docs.machine_cell({"machine": here}) == f"{cpu_label(here)}, {cores}"  # older csvs
+    assert docs.machine_cell({"machine": here, "machines": "B; C"}, {"machines": "A; C (X)"}) == f"A; B; C (X), {cores}"  # a pair
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| fake | FakeEnv-v0 | torch | 1 | 1,000 | 1099.50 |" in md and "| 3 | 1,000 | 3106.50 |" in md
     with open(tmp_path / "out" / "runs.csv") as f:
