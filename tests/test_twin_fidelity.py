@@ -23,6 +23,7 @@ import tokenize
 
 import pytest
 
+from benchmark.lines import CLEANRL_LINES, diff_lines, resumable, table
 from benchmark.pairs import discover, script_path
 
 PAIRS = discover()
@@ -151,12 +152,6 @@ def prose_blocks(text):
     return sorted(b for b in blocks if b and not b.startswith("noqa") and not FRAMEWORK.search(b))
 
 
-def diff_lines(name):
-    a, b = source(name, "mlx").splitlines(), source(name, "torch").splitlines()
-    changed = (line for line in difflib.unified_diff(a, b, lineterm="", n=0) if line[:3] not in ("+++", "---"))
-    return [line for line in changed if line[:1] in "+-" and line[1:].strip()]
-
-
 def test_every_pair_has_a_diff_budget_and_a_length_budget():
     assert sorted(MAX_DIFF_LINES) == PAIRS and sorted(MAX_LINES) == PAIRS
 
@@ -217,6 +212,21 @@ def test_functions_without_framework_code_are_the_same_text(name):
     m, t = framework_free_functions(source(name, "mlx")), framework_free_functions(source(name, "torch"))
     differ = sorted(f for f in set(m) & set(t) if m[f] != t[f])
     assert not differ, f"{name}: these functions name no framework but differ between the twins: {differ}"
+
+
+def test_the_lines_table_names_every_pair_its_counterpart_and_its_target():
+    """benchmark.lines reports what issue 14 measures: a row per pair with its lines and diff size, the 1.45x target
+    for exactly the scripts whose Args carry `resume`, and the counterparts' lines as the issue gives them."""
+    rows = {line.split(" | ")[0][2:]: line for line in table().splitlines() if line.startswith("| ") and " | " in line}
+    assert sorted(set(rows) - {"pair"}) == PAIRS
+    for name in PAIRS:
+        fields = next(n for n in ast.parse(source(name, "mlx")).body if isinstance(n, ast.ClassDef) and n.name == "Args")
+        has_resume = any(isinstance(f, ast.AnnAssign) and f.target.id == "resume" for f in fields.body)
+        assert resumable(name) == has_resume, name
+        assert f"| {len(diff_lines(name))} |" in rows[name]
+    assert rows["td3"].startswith("| td3 | ") and "| td3_continuous_action.py (317) | 459 (1.45x) | " in rows["td3"]
+    assert "| dqn.py (248) | 322 (1.3x) | " in rows["dqn"] and "| – | – | – |" in rows["a2c"]
+    assert {CLEANRL_LINES[n][1] for n in ("ppo", "ppo_continuous_action", "ppo_atari")} == {312, 353, 329}
 
 
 @pytest.mark.parametrize("name", PAIRS)

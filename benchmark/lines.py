@@ -1,0 +1,63 @@
+"""How long each script is, next to its CleanRL counterpart and its twin: the numbers issue 14 asks for.
+
+    python -m benchmark.lines           a markdown table: lines, CleanRL's lines, the target, the pair's diff size
+
+Target: 1.3x CleanRL's counterpart, 1.45x for a script that carries checkpoint/resume (it has `--resume`).
+Diff size: the lines `diff` prints for the pair (both sides, blank lines not counted); tests/test_twin_fidelity.py
+keeps it from growing.
+"""
+
+import difflib
+
+from benchmark.pairs import REPO, discover, script_path
+
+# Lines of CleanRL's counterpart (vwxyzjn/cleanrl, cleanrl/<file>.py at fe8d8a0, April 2026); a2c, allo, qrdqn and
+# qrdqn_actor_learner have none.
+CLEANRL_LINES = {
+    "c51": ("c51.py", 279),
+    "ddpg": ("ddpg_continuous_action.py", 265),
+    "dqn": ("dqn.py", 248),
+    "dqn_atari": ("dqn_atari.py", 271),
+    "ppo": ("ppo.py", 312),
+    "ppo_atari": ("ppo_atari.py", 329),
+    "ppo_atari_envpool": ("ppo_atari_envpool.py", 344),
+    "ppo_atari_lstm": ("ppo_atari_lstm.py", 375),
+    "ppo_atari_multigpu": ("ppo_atari_multigpu.py", 403),
+    "ppo_continuous_action": ("ppo_continuous_action.py", 353),
+    "pqn": ("pqn.py", 248),
+    "sac": ("sac_continuous_action.py", 324),
+    "td3": ("td3_continuous_action.py", 317),
+}
+
+
+def diff_lines(name: str) -> list[str]:
+    """The lines `diff` prints for the pair, both sides, blank ones left out."""
+    a, b = (script_path(name, fw).read_text().splitlines() for fw in ("mlx", "torch"))
+    changed = (line for line in difflib.unified_diff(a, b, lineterm="", n=0) if line[:3] not in ("+++", "---"))
+    return [line for line in changed if line[:1] in "+-" and line[1:].strip()]
+
+
+def resumable(name: str) -> bool:
+    """Whether the script carries checkpoint/resume (an Args field `resume`)."""
+    return "\n    resume: Optional[str]" in script_path(name, "mlx").read_text()
+
+
+def table(names=None) -> str:
+    lines = [
+        "| pair | MLX lines | torch lines | CleanRL's counterpart | target | MLX / CleanRL | diff lines |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names or discover():
+        mlx, torch = (len(script_path(name, fw).read_text().splitlines()) for fw in ("mlx", "torch"))
+        factor = 1.45 if resumable(name) else 1.3
+        cells = ["–"] * 3
+        if name in CLEANRL_LINES:
+            file, n = CLEANRL_LINES[name]
+            cells = [f"{file} ({n})", f"{int(factor * n)} ({factor}x)", f"{mlx / n:.2f}x"]
+        lines.append(f"| {name} | {mlx} | {torch} | {' | '.join(cells)} | {len(diff_lines(name))} |")
+    readme = (REPO / "README.md").read_text()
+    return "\n".join(lines) + f"\n\nREADME.md: {len(readme.splitlines())} lines, {len(readme)} characters.\n"
+
+
+if __name__ == "__main__":
+    print(table())
