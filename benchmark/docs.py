@@ -5,7 +5,8 @@
     python -m benchmark.docs --check    exit 1 if a block differs from what the results say (a test runs this)
 
 A block sits between `<!-- results:start -->` and `<!-- results:end -->`; nothing in it is typed by hand.
-The headline row of a pair comes from the committed run with the largest budget that has both twins (ties:
+The headline row of a pair comes from the committed sweep with the largest budget that has both twins (where the
+twins stopped at different steps, the fewer counts; ties:
 the env the benchmark registry lists first, then the newest report, then the folder that sorts last). Its MLX/torch
 SPS ratio comes from a sweep whose runs had the machine to themselves, one at a time: where the row's own sweep
 did not (--returns-only, or --workers above 1), from the largest such sweep of the pair on the same machine.
@@ -84,16 +85,23 @@ def headline(rows, script) -> tuple[dict, dict] | None:
     candidates = []
     for r in rows:
         if r["script"] == script and r["variant"] == "mlx":
-            same_run = ("script", "env_id", "total_timesteps", "folder")
-            twin = [t for t in rows if t["variant"] == "torch" and all(t[k] == r[k] for k in same_run)]
+            # the same sweep: the twin may have stopped at another step (a run continued in sittings); ranked by the fewer
+            twin = [t for t in rows if t["variant"] == "torch" and all(t[k] == r[k] for k in ("script", "env_id", "folder"))]
             if twin:
                 env_rank = envs.index(r["env_id"]) if r["env_id"] in envs else len(envs)
-                key = (int(r["total_timesteps"]), -env_rank, r["machine"].get("date", ""), r["folder"].name)
+                steps = min(int(r["total_timesteps"]), int(twin[0]["total_timesteps"]))
+                key = (steps, -env_rank, r["machine"].get("date", ""), r["folder"].name)
                 candidates.append((key, r, twin[0]))
     if not candidates:
         return None
     _, mlx, torch = max(candidates, key=lambda c: c[0])
     return mlx, torch
+
+
+def steps_cell(mlx, torch) -> str:
+    """The steps the twins reached: one number, or each twin's where they stopped at different steps."""
+    steps = [number(r["total_timesteps"], ",.0f") for r in (mlx, torch)]
+    return steps[0] if steps[0] == steps[1] else f"{steps[0]} (MLX), {steps[1]} (torch)"
 
 
 def shared(machine) -> bool:
@@ -126,7 +134,7 @@ def readme_block(rows, pairs, page_dir: Path = REPO) -> str:
                     f"{number(fast[0]['sps_ratio_vs_torch'], '.2f')} ([{where}]({link(fast[0]['folder'], page_dir)}/results.md))"
                 )
         lines.append(
-            f"| [{script}]({doc}) | {mlx['env_id']} | {number(mlx['total_timesteps'], ',.0f')} | "
+            f"| [{script}]({doc}) | {mlx['env_id']} | {steps_cell(mlx, torch)} | "
             f"{with_eval(mlx, number(mlx['return_mean'], '.1f'))} | {with_eval(torch, number(torch['return_mean'], '.1f'))} | "
             f"{published(mlx)} | "
             f"{sps} | {machine_cell(mlx, torch)} | [{mlx['folder'].name}]({folder}/results.md) |"

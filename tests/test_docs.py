@@ -68,7 +68,16 @@ def test_headline_picks_the_largest_budget_with_both_twins():
     rows.insert(0, rows[-1] | {"script": "z", "folder": Path("b"), "total_timesteps": "500"})  # another pair's torch run
     mlx, torch = docs.headline(rows, "x")
     assert (mlx["folder"].name, torch["folder"].name, mlx["variant"], torch["variant"]) == ("c", "c", "mlx", "torch")
-    assert docs.headline(rows, "y") is None
+    assert docs.headline(rows, "y") is None and docs.steps_cell(mlx, torch) == "300"
+    # twins of one sweep that stopped at different steps are a pair, ranked by the fewer steps, and the row says both
+    stopped = [
+        rows[-1] | {"folder": Path("d"), "total_timesteps": "250"},
+        rows[-2] | {"folder": Path("d"), "total_timesteps": "900"},
+    ]
+    assert docs.headline(rows + stopped, "x")[0]["folder"].name == "c"
+    stopped[0]["total_timesteps"] = "400"
+    mlx, torch = docs.headline(rows + stopped, "x")
+    assert mlx["folder"].name == torch["folder"].name == "d" and docs.steps_cell(mlx, torch) == "900 (MLX), 400 (torch)"
 
 
 def test_a_returns_only_folder_gives_returns_but_no_sps(tmp_path):
