@@ -15,6 +15,8 @@ class Bench:
     """arguments always passed to this script (before the CLI's pass-through ones)"""
     warmup_timesteps: Optional[int] = None
     """the budget of the untimed warm-up run before a sweep (None: the run's own): enough to call every compiled step"""
+    budget_flag: str = "--total-timesteps"
+    """the script's flag for the budget (allo counts gradient steps: --total-train-steps)"""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ BENCH: dict[str, Bench] = {
     # the runner starts one process: the one-rank path, ppo_atari's budget (2 ranks: docs/ppo_atari_multigpu.md)
     "ppo_atari_multigpu": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=4_096),
     "dqn_atari": Bench(env_ids=("BreakoutNoFrameskip-v4",), total_timesteps=3_000, extra_args=("--learning-starts", "1000")),
+    # no env steps: the budget is gradient steps, the paper's 20k (its score: eval/cosine_similarity, see SCORE_TAGS)
+    "allo": Bench(env_ids=("GridRoom-16",), budget_flag="--total-train-steps", warmup_timesteps=200),
 }
 
 # CleanRL's published final returns (mean ± std over seeds), keyed by (script, env_id); for the pairs CleanRL lacks,

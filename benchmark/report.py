@@ -29,7 +29,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from benchmark.machine import cpu_label, describe, join_cpus
 from benchmark.pairs import RESULTS_DIR
-from benchmark.registry import TIMING_TAGS, published_for
+from benchmark.registry import SCORE_TAG, SCORE_TAGS, TIMING_TAGS, published_for, score_tag
 from benchmark.run import log_tail
 
 LAST_EPISODES = 100
@@ -96,9 +96,14 @@ def load_run(run_dir: Path) -> dict:
         return record
     (tb_dir,) = [p for p in (run_dir / "runs").iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))]
     scalars = read_scalars(tb_dir)
-    returns = [v for _, v in scalars.get("charts/episodic_return", [])]
-    record["curve"] = smoothed_curve(scalars.get("charts/episodic_return", []))
-    record["final_return"] = float(np.mean(returns[-LAST_EPISODES:])) if returns else math.nan
+    score = scalars.get(score_tag(record["script"]), [])
+    returns = [v for _, v in score]
+    if score_tag(record["script"]) == SCORE_TAG:
+        record["curve"] = smoothed_curve(score)
+        record["final_return"] = float(np.mean(returns[-LAST_EPISODES:])) if returns else math.nan
+    else:  # a pair without episodes (allo): its score tag, each evaluation as it was, the run's last one as its result
+        record["curve"] = smoothed_curve(score, window=1)
+        record["final_return"] = returns[-1] if returns else math.nan
     evals = [v for _, v in scalars.get("eval/episodic_return", [])]  # the saved model's episodes (--save-model)
     record["eval_return"] = float(np.mean(evals)) if evals else math.nan
     record["sps"] = float(np.median([v for _, v in scalars["charts/SPS"]]))
@@ -355,6 +360,11 @@ def machine_of(runs) -> dict:
 # ---------------------------------------------------------------- plots
 
 
+def score_label(script: str) -> str:
+    """What a pair's return column and curve show: `episodic return`, or its score tag's name (allo: `cosine similarity`)."""
+    return score_tag(script).split("/")[-1].replace("_", " ")
+
+
 def plot_curves(runs, script, env_id, path):
     import matplotlib.pyplot as plt
 
@@ -378,7 +388,7 @@ def plot_curves(runs, script, env_id, path):
     if pub:  # CleanRL's final return (mean ± std over its seeds) at its budget
         ax.axhline(pub.mean, color="black", linestyle="--", label=f"{pub.by or 'CleanRL'} at {pub.total_timesteps:,} steps")
         ax.axhspan(pub.mean - pub.std, pub.mean + pub.std, color="black", alpha=0.08)
-    ax.set(xlabel="global step", ylabel="episodic return", title=f"{script} on {env_id}")
+    ax.set(xlabel="global step", ylabel=score_label(script), title=f"{script} on {env_id}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -568,6 +578,16 @@ def write_report(
         "the process's wall time, start-up included (mean over seeds). Peak RSS: the script process's "
         "maximum resident memory (max over seeds; its children, e.g. actor processes, not included).",
         "",
+        *(
+            line
+            for script in sorted({r["script"] for r in rows} & set(SCORE_TAGS))
+            for line in (
+                f"{script} has no episodes: its return column is each run's last `{SCORE_TAGS[script]}`, its curve that tag "
+                "at every evaluation, its steps gradient steps, and its µs columns only `timing/update_us` (the rest of its "
+                "step is `timing/sample_us`, which the table does not show).",
+                "",
+            )
+        ),
         *(
             [
                 "Saved model (eval): the runs ran with `--save-model`, which evaluates the saved model after training "

@@ -127,7 +127,7 @@ def expand(opts, dirs) -> list[RunSpec]:
             for seed in opts.seeds:
                 for fw, label, env in variants(opts.frameworks, opts.mlx_blas, opts.mlx_fast_math, opts.mlx_one_core):
                     args = ["--env-id", env_id, "--seed", str(seed)]
-                    args += ["--total-timesteps", str(steps)] if steps else []
+                    args += [bench.budget_flag if bench else "--total-timesteps", str(steps)] if steps else []
                     args += registry_args(script, opts.script_args)
                     args += opts.script_args + track_args(opts)
                     specs.append(RunSpec(script, env_id, seed, fw, label, args, env))
@@ -147,9 +147,11 @@ def warmups(specs) -> list[RunSpec]:
             if flag in args:
                 del args[args.index(flag) : args.index(flag) + 2]
         args = [a for a in args if a != "--track"]
-        if bench and bench.warmup_timesteps and "--total-timesteps" in args:
-            i = args.index("--total-timesteps") + 1
+        if bench and bench.warmup_timesteps and bench.budget_flag in args:
+            i = args.index(bench.budget_flag) + 1
             args[i] = str(min(int(args[i]), bench.warmup_timesteps))
+        elif bench and bench.warmup_timesteps:  # the script's own budget: the warm-up's instead
+            args += [bench.budget_flag, str(bench.warmup_timesteps)]
         out.append(replace(s, args=args, resume=None))  # a warm-up starts afresh in a scratch folder
     return out
 

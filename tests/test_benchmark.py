@@ -163,6 +163,14 @@ def test_warmup_runs_each_mlx_script_env_and_variant_once_short_and_untracked(fa
     ppo = bench_run.parse("--scripts ppo --seeds 1 --frameworks mlx".split())
     (w,) = bench_run.warmups(bench_run.expand(ppo, bench_run.DEFAULT_DIRS))
     assert w.args[w.args.index("--total-timesteps") + 1] == "2048"  # the registry's warm-up budget, not 500k
+    # allo counts gradient steps under its own flag: the warm-up passes it (the sweep leaves the script's 20k), the CLI maps to it
+    allo = bench_run.parse("--scripts allo --seeds 1 --frameworks mlx".split())
+    (run,) = bench_run.expand(allo, bench_run.DEFAULT_DIRS)
+    (w,) = bench_run.warmups([run])
+    assert run.args == ["--env-id", "GridRoom-16", "--seed", "1"] and w.args == [*run.args, "--total-train-steps", "200"]
+    opts = bench_run.parse([*"--scripts allo --seeds 1 --frameworks mlx".split(), "--total-timesteps", "900"])
+    (run,) = bench_run.expand(opts, bench_run.DEFAULT_DIRS)
+    assert run.args[-2:] == ["--total-train-steps", "900"] and bench_run.warmups([run])[0].args[-1] == "200"
     # the sweep runs them first and keeps nothing of them; --no-warmup skips them
     calls = tmp_path / "calls.txt"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
@@ -697,6 +705,39 @@ def test_a_saved_models_evaluation_is_reported_recorded_and_shown_in_the_docs(fa
     (row,) = report.write_report(tmp_path / "runs" / "plain", tmp_path / "results" / "plain")
     assert row["eval_seeds"] == 0 and "saved model" not in (tmp_path / "results" / "plain" / "results.md").read_text()
     assert "saved model" not in docs.with_eval(row, "2099.5")
+
+
+def test_a_pair_without_episodes_is_scored_by_its_score_tag(fake_dirs, tmp_path):
+    """allo logs no episodes: a run's result is its last eval/cosine_similarity and its curve every evaluation, the
+    report says so, and the docs show the score to three decimals, named in the README's cell."""
+    from tensorboardX import SummaryWriter
+
+    assert (
+        run_main("--scripts", "fake", "--seeds", "1", "--frameworks", "torch", "--tag", "a", dirs=fake_dirs, runs_dir=tmp_path)
+        == 0
+    )
+    run_dir = tmp_path / "a" / "fake__FakeEnv-v0__torch__1"
+    record = json.loads((run_dir / "run.json").read_text()) | {"script": "allo", "env_id": "GridRoom-16"}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (events,) = [p for p in (run_dir / "runs").iterdir() if p.is_dir()]
+    for f in events.iterdir():
+        f.unlink()
+    writer = SummaryWriter(str(events))
+    for step, cosine in ((200, 0.3), (400, 0.9), (600, 0.971)):
+        writer.add_scalar("eval/cosine_similarity", cosine, step)
+        writer.add_scalar("charts/SPS", 15, step)
+        writer.add_scalar("timing/update_us", 60000.0, step)
+    writer.close()
+    (row,) = report.write_report(tmp_path / "a", tmp_path / "out")
+    assert row["return_mean"] == pytest.approx(0.971) and row["total_timesteps"] == 600 and row["seeds"] == 1
+    assert report.read_records(tmp_path / "out")[0]["curve"] == [(200, 0.3), (400, 0.9), (600, 0.971)]
+    assert (
+        "allo has no episodes: its return column is each run's last `eval/cosine_similarity`"
+        in (tmp_path / "out" / "results.md").read_text()
+    )
+    row = {k: str(v) for k, v in row.items()} | {"script": "allo"}
+    assert docs.score(row) == "0.971 (cosine similarity)" and docs.score(row, with_std=True) == "0.971 ± 0.000"
+    assert docs.score(row | {"script": "ppo"}) == "1.0" and report.score_label("ppo") == "episodic return"
 
 
 def test_machine_of_a_table_whose_runs_ran_on_two_machines():
