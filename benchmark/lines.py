@@ -2,7 +2,7 @@
 
     python -m benchmark.lines           a markdown table: lines, CleanRL's lines, the target, the pair's diff size
 
-Target: 1.3x CleanRL's counterpart, 1.45x for a script that carries checkpoint/resume (it has `--resume`).
+Target: 1.3x CleanRL's counterpart, 1.45x for a script that carries checkpoint/resume (an Args field `resume`).
 Diff size: the lines `diff` prints for the pair (both sides, blank lines not counted); tests/test_twin_fidelity.py
 keeps it from growing.
 """
