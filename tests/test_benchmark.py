@@ -456,6 +456,22 @@ def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
         microbench.main(["--script", "nosuch"])
 
 
+def test_microbench_allo_times_its_update_and_the_matmul_under_it(tmp_path, monkeypatch):
+    import torch
+
+    from benchmark.micro import update_step as microbench
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    threads = torch.get_num_threads()
+    try:
+        results = microbench.main(["--script", "allo", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    cases = ["hidden-layer matmul", "encoder forward", "forward + loss + backward", "full update (Adam, duals, barrier)"]
+    assert list(results) == cases and all(v[0] > 0 for c in cases for v in results[c].values())
+    assert "4096 rows (4 x batch_size)" in (tmp_path / "allo.md").read_text()
+
+
 def test_report_track_uploads_offline_grouped_by_algo_env(fake_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -186,7 +186,78 @@ def ppo_cases(m, t) -> tuple[dict, str]:
     return {case: {v: variants[v][case] for v in VARIANTS} for case in torch_cases}, what
 
 
-ADAPTERS = {"ppo": ppo_cases}
+def allo_cases(m, t) -> tuple[dict, str]:
+    """allo: the Encoder, allo_loss and train_step of allo_mlx.py / allo_torch.py on one batch of the default Args
+    (the concatenated [s, s', u1, u2] observations: 4 x batch_size rows), and one hidden layer's matmul alone."""
+    import mlx.core as mx
+    import mlx.nn as mnn
+    import torch
+
+    args = m.Args()
+    rows, width = 4 * args.batch_size, args.hidden_dims[0]
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-0.5, 0.5, size=(rows, 2)).astype(np.float32)
+    hidden = rng.normal(size=(rows, width)).astype(np.float32)
+    weight = rng.normal(size=(width, width)).astype(np.float32)
+    hp = {k: getattr(args, k) for k in ("lr_duals", "max_duals", "q_error_update_rate", "lr_barrier_coefs", "max_barrier_coefs")}
+    what = (
+        f"allo: Encoder(2, {args.d}, {args.hidden_dims}) (ReLU), {rows} rows (4 x batch_size), Adam, the dual and "
+        f"barrier updates; the matmul case: ({rows} x {width}) @ ({width} x {width})"
+    )
+
+    def mlx_variant(compiled: bool) -> dict:
+        encoder = m.Encoder(2, args.d, args.hidden_dims)
+        optimizer = m.make_optimizer(encoder, args)
+        multipliers = {
+            "duals": mx.zeros((args.d, args.d)),
+            "barrier": mx.array(0.5),
+            "quadratic_errors": mx.zeros((args.d, args.d)),
+        }
+        x, h, w = mx.array(obs), mx.array(hidden), mx.array(weight)
+        comp = (lambda f, **kw: mx.compile(f, **kw)) if compiled else (lambda f, **kw: f)
+        state = [encoder.state, optimizer.state, multipliers]
+        forward = comp(encoder, inputs=[encoder.state])
+        loss_and_grad = mnn.value_and_grad(encoder, partial(m.allo_loss, encoder))
+        grad = comp(loss_and_grad, inputs=[encoder.state], outputs=[encoder.state])
+        train = comp(partial(m.train_step, encoder, optimizer, multipliers, **hp), inputs=state, outputs=state)
+        matmul = comp(lambda a, b: a @ b)
+        return {
+            "hidden-layer matmul": lambda: mx.eval(matmul(h, w)),
+            "encoder forward": lambda: mx.eval(forward(x)),
+            "forward + loss + backward": lambda: mx.eval(grad(x, multipliers["duals"], multipliers["barrier"])),
+            "full update (Adam, duals, barrier)": lambda: mx.eval(train(x), state),
+        }
+
+    torch.set_num_threads(1)
+    encoder = t.Encoder(2, args.d, args.hidden_dims)
+    optimizer = t.make_optimizer(encoder, args)
+    multipliers = {
+        "duals": torch.zeros((args.d, args.d)),
+        "barrier": torch.tensor(0.5),
+        "quadratic_errors": torch.zeros((args.d, args.d)),
+    }
+    x, h, w = torch.tensor(obs), torch.tensor(hidden), torch.tensor(weight)
+
+    def forward():
+        with torch.no_grad():
+            return encoder(x)
+
+    def loss_backward():
+        encoder.zero_grad()
+        m_loss, _ = t.allo_loss(encoder, x, multipliers["duals"], multipliers["barrier"])
+        m_loss.backward()
+
+    torch_cases = {
+        "hidden-layer matmul": lambda: h @ w,
+        "encoder forward": forward,
+        "forward + loss + backward": loss_backward,
+        "full update (Adam, duals, barrier)": lambda: t.train_step(encoder, optimizer, multipliers, x, **hp),
+    }
+    variants = {"mlx eager": mlx_variant(False), "mlx compiled": mlx_variant(True), "torch": torch_cases}
+    return {case: {v: variants[v][case] for v in VARIANTS} for case in torch_cases}, what
+
+
+ADAPTERS = {"ppo": ppo_cases, "allo": allo_cases}
 
 
 def measure(cases: dict, repeats: int, warmup: int) -> dict:
