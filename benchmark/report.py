@@ -119,10 +119,12 @@ def write_records(runs: list[dict], out_dir: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in sorted(runs, key=lambda r: r["name"]):
-            machines = {"machine": r["machine"], "machines": r.get("machines", [])}  # every sitting's, for a resumed run
-            writer.writerow(
-                r | {k: json.dumps(v, sort_keys=True) for k, v in machines.items()} | {"args": json.dumps(r.get("args", []))}
-            )
+            as_json = {
+                "machine": r["machine"],
+                "machines": r.get("machines", []),
+                "args": r.get("args", []),
+            }  # machines: each sitting's
+            writer.writerow(r | {k: json.dumps(v, sort_keys=True) for k, v in as_json.items()})
     with open(out_dir / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "step", "return"])

@@ -428,7 +428,9 @@ def test_ray_backend_runs_the_same_sweep(tmp_path):
 # ---------------------------------------------------------------- micro-benchmark
 
 
-def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
+def run_microbench(script, repeats, out, monkeypatch):
+    """benchmark.micro.update_step's main on one script, leaving OMP_NUM_THREADS, the BLAS choice and torch's threads
+    as they were."""
     import torch
 
     from benchmark.micro import update_step as microbench
@@ -437,9 +439,15 @@ def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
     monkeypatch.delenv("CLEANRL_MLX_BLAS", raising=False)
     threads = torch.get_num_threads()
     try:
-        results = microbench.main(["--script", "ppo", "--repeats", "3", "--warmup", "1", "--out", str(tmp_path)])
+        return microbench.main(["--script", script, "--repeats", str(repeats), "--warmup", "1", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
+    from benchmark.micro import update_step as microbench
+
+    results = run_microbench("ppo", 3, tmp_path, monkeypatch)
     cases = ["forward (actor + critic)", "loss terms (forward excluded)", "forward + loss", "forward + loss + backward"]
     cases += ["optimizer step (clip + Adam)", "full update (one minibatch)"]
     assert list(results) == cases
@@ -457,16 +465,7 @@ def test_microbench_ppo_writes_table_and_plot(tmp_path, monkeypatch):
 
 
 def test_microbench_allo_times_its_update_and_the_matmul_under_it(tmp_path, monkeypatch):
-    import torch
-
-    from benchmark.micro import update_step as microbench
-
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-    threads = torch.get_num_threads()
-    try:
-        results = microbench.main(["--script", "allo", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    results = run_microbench("allo", 2, tmp_path, monkeypatch)
     cases = ["hidden-layer matmul", "encoder forward", "forward + loss + backward", "full update (Adam, duals, barrier)"]
     assert list(results) == cases and all(v[0] > 0 for c in cases for v in results[c].values())
     assert "4096 rows (4 x batch_size)" in (tmp_path / "allo.md").read_text()

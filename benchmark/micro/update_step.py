@@ -200,6 +200,8 @@ def allo_cases(m, t) -> tuple[dict, str]:
     hidden = rng.normal(size=(rows, width)).astype(np.float32)
     weight = rng.normal(size=(width, width)).astype(np.float32)
     hp = {k: getattr(args, k) for k in ("lr_duals", "max_duals", "q_error_update_rate", "lr_barrier_coefs", "max_barrier_coefs")}
+    zeros = np.zeros((args.d, args.d), dtype=np.float32)  # the duals and the running E1 * E2, as the scripts start them
+    start = {"duals": zeros, "barrier": np.float32(args.barrier_initial_val), "quadratic_errors": zeros}
     what = (
         f"allo: Encoder(2, {args.d}, {args.hidden_dims}) (ReLU), {rows} rows (4 x batch_size), Adam, the dual and "
         f"barrier updates; the matmul case: ({rows} x {width}) @ ({width} x {width})"
@@ -208,11 +210,7 @@ def allo_cases(m, t) -> tuple[dict, str]:
     def mlx_variant(compiled: bool) -> dict:
         encoder = m.Encoder(2, args.d, args.hidden_dims)
         optimizer = m.make_optimizer(encoder, args)
-        multipliers = {
-            "duals": mx.zeros((args.d, args.d)),
-            "barrier": mx.array(0.5),
-            "quadratic_errors": mx.zeros((args.d, args.d)),
-        }
+        multipliers = {k: mx.array(v) for k, v in start.items()}
         x, h, w = mx.array(obs), mx.array(hidden), mx.array(weight)
         comp = (lambda f, **kw: mx.compile(f, **kw)) if compiled else (lambda f, **kw: f)
         state = [encoder.state, optimizer.state, multipliers]
@@ -231,11 +229,7 @@ def allo_cases(m, t) -> tuple[dict, str]:
     torch.set_num_threads(1)
     encoder = t.Encoder(2, args.d, args.hidden_dims)
     optimizer = t.make_optimizer(encoder, args)
-    multipliers = {
-        "duals": torch.zeros((args.d, args.d)),
-        "barrier": torch.tensor(0.5),
-        "quadratic_errors": torch.zeros((args.d, args.d)),
-    }
+    multipliers = {k: torch.tensor(v) for k, v in start.items()}
     x, h, w = torch.tensor(obs), torch.tensor(hidden), torch.tensor(weight)
 
     def forward():
