@@ -471,6 +471,29 @@ def test_microbench_allo_times_its_update_and_the_matmul_under_it(tmp_path, monk
     assert "4096 rows (4 x batch_size)" in (tmp_path / "allo.md").read_text()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the OpenBLAS preload is Linux's")
+def test_microbench_leaves_each_framework_its_own_blas():
+    """In the micro-benchmark's process torch's sgemm_ must stay torch's (MKL) and mlx's cblas_sgemm the system
+    OpenBLAS, as when each runs alone: loading OpenBLAS globally before torch hands torch's matmuls to OpenBLAS."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libopenblas.so.0")
+    except OSError:
+        pytest.skip("no system OpenBLAS")
+    code = "from benchmark.micro.update_step import load_pair; m, t = load_pair('allo'); print('BLAS', m.BLAS)"
+    env = {k: v for k, v in os.environ.items() if k != "CLEANRL_MLX_BLAS"} | {"LD_DEBUG": "bindings"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "BLAS openblas" in proc.stdout, proc.stderr[-2000:]
+    bound = {}  # (binding library, symbol) -> the library that defines it
+    for line in proc.stderr.splitlines():
+        found = re.search(r"binding file (\S+) \[\d+\] to (\S+) \[\d+\]: normal symbol `(sgemm_|cblas_sgemm)'", line)
+        if found:
+            bound[(os.path.basename(found[1]), found[3])] = os.path.basename(found[2])
+    assert bound[("libtorch_cpu.so", "sgemm_")] == "libtorch_cpu.so"
+    assert bound[("libmlx.so", "cblas_sgemm")] == "libopenblas.so.0"
+
+
 def test_report_track_uploads_offline_grouped_by_algo_env(fake_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -19,10 +19,9 @@ from functools import partial
 
 import numpy as np
 
-from benchmark.pairs import load_script
+from benchmark.micro.update_step import load_pair
 
-D_MLX = load_script("dqn", "mlx")  # its OpenBLAS block runs before MLX is imported
-D_TORCH = load_script("dqn", "torch")
+D_MLX, D_TORCH = load_pair("dqn")  # each on its own BLAS: MLX on OpenBLAS, torch on its MKL
 mx, torch = D_MLX.mx, D_TORCH.torch
 
 

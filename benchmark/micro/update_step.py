@@ -7,7 +7,8 @@ ends in `mx.eval` of everything it produced (outputs, and the new weights and op
 steps); torch on the CPU is eager (on CUDA a case ends with `torch.cuda.synchronize()`). The three
 variants are interleaved call by call, so load drift hits all of them; the figure is the median of
 `--repeats` calls after warm-up (compilation happens during warm-up). Writes <script>.md, <script>.csv
-and <script>.png. Like the runner, it sets OMP_NUM_THREADS=1 and one torch thread.
+and <script>.png. Like the runner, it sets OMP_NUM_THREADS=1 and one torch thread, and each framework
+multiplies matrices with the BLAS it uses in its own process (`load_pair`).
 
 A script is supported through an adapter: a function that builds, from the two imported modules, the
 cases {case name: {variant: zero-argument callable}}. Add one to ADAPTERS for a new script.
@@ -254,6 +255,16 @@ def allo_cases(m, t) -> tuple[dict, str]:
 ADAPTERS = {"ppo": ppo_cases, "allo": allo_cases}
 
 
+def load_pair(script: str):
+    """(MLX script, torch twin) as modules, each framework multiplying matrices with the BLAS it uses in its own
+    process. The torch twin comes first: the MLX script loads the system OpenBLAS with RTLD_GLOBAL before it imports
+    mlx, and a torch loaded after that binds its `sgemm_` to OpenBLAS instead of its own MKL, which on an AVX-512 Xeon
+    made torch's (4096 x 256) @ (256 x 256) matmul 1.2-1.6x slower. mlx still binds to OpenBLAS: torch's libraries
+    are not in the global symbol scope."""
+    t = load_script(script, "torch")
+    return load_script(script, "mlx"), t
+
+
 def measure(cases: dict, repeats: int, warmup: int) -> dict:
     """Median, 25th and 75th percentile in µs of each case and variant, variants interleaved."""
     out = {}
@@ -346,9 +357,7 @@ def main(argv=None):
         os.environ["CLEANRL_MLX_BLAS"] = "bundled"
     else:
         os.environ.pop("CLEANRL_MLX_BLAS", None)
-    # the MLX script first: its top-level block picks the BLAS before anything imports mlx
-    m = load_script(opts.script, "mlx")
-    t = load_script(opts.script, "torch")
+    m, t = load_pair(opts.script)
     import mlx.core as mx
 
     mx.set_default_device(mx.cpu if not mx.is_available(mx.gpu) else mx.gpu)
@@ -359,7 +368,8 @@ def main(argv=None):
 
     header = (
         f"Machine: {describe(machine_info())}. MLX device {mx.default_device()}, BLAS {blas}; torch threads "
-        f"{torch.get_num_threads()}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; {opts.repeats} calls per figure."
+        f"{torch.get_num_threads()}, BLAS {'mkl' if torch.backends.mkl.is_available() else 'its build default'}; "
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; {opts.repeats} calls per figure."
     )
     write(results, opts.script, what, header, opts.out)
     print((opts.out / f"{opts.script}.md").read_text())
