@@ -73,10 +73,12 @@ def with_eval(row, cell: str) -> str:
 
 
 def machine_cell(*rows) -> str:
-    """The CPUs the rows' runs ran on (older csvs lack them: the folder's machine), cores, MLX's device and BLAS."""
+    """The CPUs the rows' runs ran on (older csvs lack them: the folder's machine), cores, MLX's device and BLAS, and
+    torch's BLAS where the sweep recorded it."""
     m = rows[0]["machine"]
     cpus = join_cpus(cpu for r in rows for cpu in (r.get("machines") or cpu_label(m)).split("; "))
-    return f"{cpus}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}"
+    torch = f", torch + {m['torch_blas']}" if m.get("torch_blas") else ""
+    return f"{cpus}, {m['cores']} cores, MLX {m.get('mlx_device') or '–'} + {m.get('mlx_blas') or '–'}{torch}"
 
 
 def link(path: Path, page_dir: Path) -> str:

@@ -2,9 +2,11 @@
 
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+from functools import lru_cache
 from importlib import metadata
 
 
@@ -45,6 +47,20 @@ def version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+@lru_cache(maxsize=None)
+def torch_blas(python: str = sys.executable) -> str:
+    """The BLAS torch's build multiplies with on the CPU (`BLAS_INFO` of its build config: mkl for the x86 wheels),
+    asked of a fresh interpreter so that the caller never imports torch; "" where torch is missing or does not say.
+    The MLX scripts name theirs (the system OpenBLAS on Linux) in their startup line."""
+    code = "import torch; print(torch.__config__.show())"
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    found = re.search(r"\bBLAS_INFO=(\w+)", out)
+    return found.group(1) if found else ""
 
 
 def machine_info() -> dict:

@@ -356,6 +356,7 @@ def machine_of(runs) -> dict:
         }
     info["mlx_device"] = "/".join(sorted({r["device"] for r in runs if r["framework"] == "mlx" and r.get("device")}))
     info["mlx_blas"] = "/".join(sorted({r["blas"] for r in runs if r["framework"] == "mlx" and r.get("blas")}))
+    info["torch_blas"] = "/".join(sorted({r["blas"] for r in runs if r["framework"] == "torch" and r.get("blas")}))
     return info
 
 
@@ -561,8 +562,9 @@ def write_report(
     md = [
         f"# Benchmark: {Path(sweep_dir).name}",
         "",
-        f"Machine: {describe(machine)}. MLX device {machine['mlx_device'] or '–'}, BLAS {machine['mlx_blas'] or '–'}. "
-        "Every run with `OMP_NUM_THREADS=1`.",
+        f"Machine: {describe(machine)}. MLX device {machine['mlx_device'] or '–'}, BLAS {machine['mlx_blas'] or '–'}"
+        + (f"; torch's BLAS {machine['torch_blas']}. " if machine.get("torch_blas") else ". ")
+        + "Every run with `OMP_NUM_THREADS=1`.",
         "",
         *(
             [

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from benchmark.machine import machine_info, peak_rss_mb
+from benchmark.machine import machine_info, peak_rss_mb, torch_blas
 from benchmark.pairs import DEFAULT_DIRS, FRAMEWORKS, REPO, check_scripts, discover, script_path
 from benchmark.registry import bench_for
 from benchmark.tblayout import write_layout
@@ -171,6 +171,8 @@ def execute(spec: dict, script_file: str, run_dir: str) -> dict:
     resuming = spec.get("resume") is not None  # a killed sitting left no run.json: its log is kept, its wall time unknown
     cmd = [sys.executable, str(script_file), *spec["args"], *(["--resume", spec["resume"]] if resuming else [])]
     record = {**spec, "cmd": cmd, "machine": machine_info(), "loadavg_at_start": list(os.getloadavg())}
+    if spec["framework"] == "torch":  # an MLX script names its BLAS in its startup line; a torch twin does not
+        record["blas"] = torch_blas()
     before = json.loads((run_dir / "run.json").read_text()) if resuming and (run_dir / "run.json").exists() else {}
     start = time.time()
     with open(run_dir / "stdout.log", "a" if resuming else "w") as log:

@@ -284,9 +284,13 @@ def test_failed_run_shows_log_tail_others_finish_and_are_reported(fake_dirs, tmp
     assert mlx["sps_ratio_vs_torch"] == pytest.approx(200 / 90)
     assert (mlx["inference_us"], torch["inference_us"], torch["env_us"], torch["update_us"]) == (20, 40, 10, 30)
     assert mlx["blas"] == "openblas" and torch["published_return"] == ""
+    import torch as th  # torch's own word on its BLAS, not the runner's reading of its build config
+
+    assert torch["blas"] and torch["blas"] == ("mkl" if th.backends.mkl.is_available() else torch["blas"])
     assert torch["peak_rss_mb"] >= 300 > mlx["peak_rss_mb"] > 10  # the runner's os.wait4, per child
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Failed runs" in md and "boom: the fake mlx script failed on purpose" in md
+    assert f"BLAS openblas; torch's BLAS {torch['blas']}. " in md and f"| fake | FakeEnv-v0 | torch | {torch['blas']} | 2 |" in md
     assert "| fake | FakeEnv-v0 | mlx | openblas | 1 | 1,000 | 1106.50 ± 0.00 | – | – | 200 | 2.22 |" in md  # no IQM: 1 seed
     assert f"| {torch['peak_rss_mb']:.0f} | 10.0 | 40.0 | 30.0 |" in md
     # one row per run, the failed one included: seed, budget reached, its own last-100 return
@@ -711,6 +715,11 @@ def test_recorded_runs_outlive_their_logs_and_a_rerun_replaces_its_record(fake_d
     assert docs.machine_cell(row | {"machine": {"cpu": "X", "cores": here["cores"]}}) == f"{row['machines']}, {cores}"
     assert docs.machine_cell({"machine": here}) == f"{cpu_label(here)}, {cores}"  # older csvs
     assert docs.machine_cell({"machine": here, "machines": "B; C"}, {"machines": "A; C (X)"}) == f"A; B; C (X), {cores}"  # a pair
+    blas = {"mlx_device": "cpu", "mlx_blas": "openblas", "torch_blas": "mkl"}  # a sweep that recorded both BLAS
+    assert (
+        docs.machine_cell({"machine": here | blas})
+        == f"{cpu_label(here)}, {here['cores']} cores, MLX cpu + openblas, torch + mkl"
+    )
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| fake | FakeEnv-v0 | torch | 1 | 1,000 | 1099.50 |" in md and "| 3 | 1,000 | 3106.50 |" in md
     with open(tmp_path / "out" / "runs.csv") as f:
