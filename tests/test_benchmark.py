@@ -17,6 +17,7 @@ import pytest
 from benchmark import docs, registry, report
 from benchmark import run as bench_run
 from benchmark.machine import cpu_label, describe
+from benchmark.machine import torch_blas as machine_torch_blas
 from benchmark.pairs import REPO
 from benchmark.report import read_scalars
 
@@ -389,6 +390,7 @@ def test_report_on_a_real_ppo_sweep(tmp_path):
         assert row["published_return"] == 490.04  # CleanRL's ppo.py CartPole-v1 (at 500k steps)
     assert rows[0]["sps_ratio_vs_torch"] == pytest.approx(rows[0]["sps_median"] / rows[1]["sps_median"])
     assert rows[0]["blas"] in ("openblas", "bundled") and rows[0]["device"] in ("cpu", "gpu")
+    assert rows[1]["blas"] == machine_torch_blas()  # the torch twin's, recorded by the runner
 
     # the files: plots, results.md with the machine, the README block
     out = tmp / "results"
@@ -397,6 +399,7 @@ def test_report_on_a_real_ppo_sweep(tmp_path):
     md = (out / "results.md").read_text()
     machine = json.loads((out / "machine.json").read_text())
     assert machine["cpu"] in md and f"mlx {machine['mlx']}" in md and f"BLAS {rows[0]['blas']}" in md
+    assert machine["torch_blas"] == rows[1]["blas"] and f"torch's BLAS {rows[1]['blas']}." in md
     assert f"| {rows[0]['sps_median']:.0f} |" in md and "490.04 ± 6.12 (at 500,000 steps)" in md
 
     # the generated README row and docs table come from these files, numbers included
@@ -405,6 +408,7 @@ def test_report_on_a_real_ppo_sweep(tmp_path):
     assert f"| CartPole-v1 | 2,048 | {rows[0]['return_mean']:.1f} | {rows[1]['return_mean']:.1f} |" in readme_row
     cpu = f"{machine['cpu']} ({machine['simd']})" if machine["simd"] else machine["cpu"]  # the vector unit, where known
     assert f"| {rows[0]['sps_ratio_vs_torch']:.2f} | {cpu}, {machine['cores']} cores" in readme_row
+    assert f"MLX {rows[0]['device']} + {rows[0]['blas']}, torch + {rows[1]['blas']} |" in readme_row
     assert "490.04 ± 6.12 (at 500,000 steps)" in readme_row
     page = docs.docs_block(results, "ppo")
     assert f"| mlx | 1 | {rows[0]['return_mean']:.1f} ± 0.0 |" in page and "curves_ppo__CartPole-v1.png" in page
