@@ -50,13 +50,13 @@ def version(package: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def torch_blas(python: str = sys.executable) -> str:
+def torch_blas() -> str:
     """The BLAS torch's build multiplies with on the CPU (`BLAS_INFO` of its build config: mkl for the x86 wheels),
     asked of a fresh interpreter so that the caller never imports torch; "" where torch is missing or does not say.
     The MLX scripts name theirs (the system OpenBLAS on Linux) in their startup line."""
     code = "import torch; print(torch.__config__.show())"
     try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120).stdout
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
     found = re.search(r"\bBLAS_INFO=(\w+)", out)

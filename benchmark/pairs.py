@@ -47,3 +47,13 @@ def load_script(name: str, framework: str, dirs=None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_pair(name: str, dirs=None):
+    """(MLX script, torch twin) as modules, each framework multiplying matrices with the BLAS it uses in its own process.
+    The torch twin comes first: the MLX script loads the system OpenBLAS with RTLD_GLOBAL before it imports mlx, and a
+    torch loaded after that binds its `sgemm_` to OpenBLAS instead of its own MKL (allo's micro-benchmark on an AVX-512
+    Xeon: torch's hidden-layer matmul 7.6 ms that way, 5.2-5.6 ms on MKL). mlx still binds to OpenBLAS: torch's
+    libraries are not in the global symbol scope."""
+    torch = load_script(name, "torch", dirs)
+    return load_script(name, "mlx", dirs), torch

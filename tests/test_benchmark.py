@@ -489,7 +489,7 @@ def test_microbench_leaves_each_framework_its_own_blas():
         ctypes.CDLL("libopenblas.so.0")
     except OSError:
         pytest.skip("no system OpenBLAS")
-    code = "from benchmark.micro.update_step import load_pair; m, t = load_pair('allo'); print('BLAS', m.BLAS)"
+    code = "from benchmark.pairs import load_pair; m, t = load_pair('allo'); print('BLAS', m.BLAS)"
     env = {k: v for k, v in os.environ.items() if k != "CLEANRL_MLX_BLAS"} | {"LD_DEBUG": "bindings"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "BLAS openblas" in proc.stdout, proc.stderr[-2000:]

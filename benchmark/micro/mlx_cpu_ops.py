@@ -19,7 +19,7 @@ from functools import partial
 
 import numpy as np
 
-from benchmark.micro.update_step import load_pair
+from benchmark.pairs import load_pair
 
 D_MLX, D_TORCH = load_pair("dqn")  # each on its own BLAS: MLX on OpenBLAS, torch on its MKL
 mx, torch = D_MLX.mx, D_TORCH.torch

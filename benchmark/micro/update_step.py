@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.machine import describe, machine_info
-from benchmark.pairs import REPO, load_script
+from benchmark.machine import describe, machine_info, torch_blas
+from benchmark.pairs import REPO, load_pair
 
 OUT_DIR = REPO / "benchmark" / "results" / "microbench"
 VARIANTS = ("mlx eager", "mlx compiled", "torch")
@@ -255,16 +255,6 @@ def allo_cases(m, t) -> tuple[dict, str]:
 ADAPTERS = {"ppo": ppo_cases, "allo": allo_cases}
 
 
-def load_pair(script: str):
-    """(MLX script, torch twin) as modules, each framework multiplying matrices with the BLAS it uses in its own
-    process. The torch twin comes first: the MLX script loads the system OpenBLAS with RTLD_GLOBAL before it imports
-    mlx, and a torch loaded after that binds its `sgemm_` to OpenBLAS instead of its own MKL, which on an AVX-512 Xeon
-    made torch's (4096 x 256) @ (256 x 256) matmul 1.2-1.6x slower. mlx still binds to OpenBLAS: torch's libraries
-    are not in the global symbol scope."""
-    t = load_script(script, "torch")
-    return load_script(script, "mlx"), t
-
-
 def measure(cases: dict, repeats: int, warmup: int) -> dict:
     """Median, 25th and 75th percentile in µs of each case and variant, variants interleaved."""
     out = {}
@@ -368,7 +358,7 @@ def main(argv=None):
 
     header = (
         f"Machine: {describe(machine_info())}. MLX device {mx.default_device()}, BLAS {blas}; torch threads "
-        f"{torch.get_num_threads()}, BLAS {'mkl' if torch.backends.mkl.is_available() else 'its build default'}; "
+        f"{torch.get_num_threads()}, BLAS {torch_blas() or '–'}; "
         f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}; {opts.repeats} calls per figure."
     )
     write(results, opts.script, what, header, opts.out)
