@@ -331,7 +331,7 @@ if __name__ == "__main__":
     THREADS = THREADS if args.device == "cpu" else "free"  # the GPU backends: no stream thread to share a core with
     print(f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, threads {THREADS}")
 
-    config = vars(args) | {"framework": "mlx", "blas": BLAS, "threads": THREADS}
+    config = vars(args) | {"framework": "mlx", "algo": "a2c", "blas": BLAS, "threads": THREADS}
     if args.track:
         import wandb
 
@@ -342,7 +342,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=config | {"algo": "a2c"},
+            config=config,
             name=run_name,
             group=f"a2c__{args.env_id}",
             monitor_gym=True,

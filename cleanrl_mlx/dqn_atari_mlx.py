@@ -557,9 +557,17 @@ if __name__ == "__main__":
         wandb.tensorboard.patch(root_logdir=f"runs/{run_name}")  # named here, W&B does not spend 10 s at exit inferring it
         del sys.modules["torch"]
         wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config, name=run_name,
-            group=f"dqn_atari__{args.env_id}", monitor_gym=True, save_code=True, id=resumed.get("wandb_id"), resume="allow",
-        )  # fmt: skip
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=config,
+            name=run_name,
+            group=f"dqn_atari__{args.env_id}",
+            monitor_gym=True,
+            save_code=True,
+            id=resumed.get("wandb_id"),
+            resume="allow",
+        )
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
 
@@ -669,11 +677,10 @@ if __name__ == "__main__":
         if stop or args.checkpoint_every and (global_step + 1) % args.checkpoint_every == 0:
             rb_arrays, rb_counters = rb.checkpoint()
             checkpoint = checkpoint_arrays(models, named_optimizers) | rb_arrays
-            meta = {
-                "script": "dqn_atari", "framework": "mlx", "run_name": run_name, "env_id": args.env_id, "num_envs": args.num_envs,
-                "global_step": global_step + 1, "counters": dict(last_log_step=last_log_step) | rb_counters,
-                "wandb_id": wandb.run.id if args.track else None, "args": vars(args),
-            }  # fmt: skip
+            counters = dict(last_log_step=last_log_step) | rb_counters
+            meta = {"script": "dqn_atari", "framework": "mlx", "run_name": run_name, "env_id": args.env_id}
+            meta |= {"num_envs": args.num_envs, "global_step": global_step + 1, "counters": counters}
+            meta |= {"wandb_id": wandb.run.id if args.track else None, "args": vars(args)}
             writer.flush()  # the logs up to the checkpoint survive a kill
             save_checkpoint(f"runs/{run_name}", checkpoint, meta, args.keep_checkpoints)
             if stop:

@@ -523,7 +523,7 @@ if __name__ == "__main__":
     MATH, THREADS = (MATH, THREADS) if args.device == "cpu" else ("mlx", "free")  # the GPU backends: their own kernels
     print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, math {MATH}, threads {THREADS}")
 
-    config = vars(args) | {"framework": "mlx", "blas": BLAS, "math": MATH, "threads": THREADS}
+    config = vars(args) | {"framework": "mlx", "algo": "ppo_continuous_action", "blas": BLAS, "math": MATH, "threads": THREADS}
     if args.track:
         import wandb
 
@@ -534,7 +534,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=config | {"algo": "ppo_continuous_action"},
+            config=config,
             name=run_name,
             group=f"ppo_continuous_action__{args.env_id}",
             monitor_gym=True,

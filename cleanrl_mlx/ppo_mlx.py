@@ -349,7 +349,7 @@ if __name__ == "__main__":
         f"{os.path.basename(__file__)}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}, math {MATH}, threads {THREADS}"
     )
 
-    config = vars(args) | {"framework": "mlx", "blas": BLAS, "math": MATH, "threads": THREADS}
+    config = vars(args) | {"framework": "mlx", "algo": "ppo", "blas": BLAS, "math": MATH, "threads": THREADS}
     if args.track:
         import wandb
 
@@ -360,7 +360,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=config | {"algo": "ppo"},
+            config=config,
             name=run_name,
             group=f"ppo__{args.env_id}",
             monitor_gym=True,

@@ -538,6 +538,7 @@ if __name__ == "__main__":
     mx.set_default_device(device)
     print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
 
+    config = vars(args) | {"framework": "mlx", "algo": "qrdqn_actor_learner", "blas": BLAS}
     if args.track:
         import wandb
 
@@ -548,18 +549,14 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "mlx", "algo": "qrdqn_actor_learner", "blas": BLAS},
+            config=config,
             name=run_name,
             group=f"qrdqn_actor_learner__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
-    )
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
 
     q_network = QNetwork(obs_dim, n_actions, args.n_quantiles)
     optimizer = make_optimizer(q_network, args)
@@ -668,9 +665,18 @@ if __name__ == "__main__":
         q_network.save_weights(model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", QNetwork, device, args.capture_video,
-            args.seed, epsilon=args.end_e, n_quantiles=args.n_quantiles,
-        )  # fmt: skip
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            QNetwork,
+            device,
+            args.capture_video,
+            args.seed,
+            epsilon=args.end_e,
+            n_quantiles=args.n_quantiles,
+        )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
 

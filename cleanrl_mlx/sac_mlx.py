@@ -415,6 +415,7 @@ if __name__ == "__main__":
     arrays, resumed = load_checkpoint(args.resume, script, args) if args.resume else ({}, {})
     start_step = resumed.get("global_step", 0)
     run_name = resumed.get("run_name", f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    config = vars(args) | {"framework": "mlx", "algo": "sac", "blas": BLAS}
     if args.track:
         import wandb
 
@@ -425,7 +426,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "mlx", "algo": "sac", "blas": BLAS},
+            config=config,
             name=run_name,
             group=f"sac__{args.env_id}",
             monitor_gym=True,
@@ -434,11 +435,7 @@ if __name__ == "__main__":
             resume="allow",
         )
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if args.resume else None)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "mlx", "blas": BLAS}).items()])),
-    )
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)

@@ -424,6 +424,7 @@ if __name__ == "__main__":
     print(f"{script}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     rng = np.random.default_rng(args.seed)  # every data draw (episodes, batches): same stream in the twin
 
+    config = vars(args) | {"framework": "torch", "algo": "allo"}
     if args.track:
         import wandb
 
@@ -432,17 +433,13 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "allo"},
+            config=config,
             name=run_name,
             group=f"allo__{args.env_id}",
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
-    )
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
 
     # Gridworld, ground truth and data: the uniform policy's Laplacian eigenvectors (float64), and
     # whole random-walk episodes of state ids, collected once

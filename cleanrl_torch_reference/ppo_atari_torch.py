@@ -495,9 +495,17 @@ if __name__ == "__main__":
 
         wandb.tensorboard.patch(root_logdir=f"runs/{run_name}")  # named here, W&B does not spend 10 s at exit inferring it
         wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=config, name=run_name,
-            group=f"ppo_atari__{args.env_id}", monitor_gym=True, save_code=True, id=resumed.get("wandb_id"), resume="allow",
-        )  # fmt: skip
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=config,
+            name=run_name,
+            group=f"ppo_atari__{args.env_id}",
+            monitor_gym=True,
+            save_code=True,
+            id=resumed.get("wandb_id"),
+            resume="allow",
+        )
     # the checkpoint's own iteration logged at start_step: a resumed run drops only what was logged after it
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step + 1 if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
@@ -624,11 +632,10 @@ if __name__ == "__main__":
 
         # checkpoint every checkpoint_every steps, once this iteration's update is done, and on Ctrl-C/SIGTERM (then stop)
         if stop or args.checkpoint_every and global_step % args.checkpoint_every < args.batch_size:  # a multiple was crossed
-            meta = {
-                "script": "ppo_atari", "framework": "torch", "run_name": run_name, "env_id": args.env_id, "num_envs": args.num_envs,
-                "global_step": global_step, "counters": dict(iteration=iteration), "wandb_id": wandb.run.id if args.track else None,
-                "args": vars(args),
-            }  # fmt: skip
+            counters = dict(iteration=iteration)
+            meta = {"script": "ppo_atari", "framework": "torch", "run_name": run_name, "env_id": args.env_id}
+            meta |= {"num_envs": args.num_envs, "global_step": global_step, "counters": counters}
+            meta |= {"wandb_id": wandb.run.id if args.track else None, "args": vars(args)}
             writer.flush()  # the logs up to the checkpoint survive a kill
             save_checkpoint(f"runs/{run_name}", checkpoint_arrays(models, named_optimizers), meta, args.keep_checkpoints)
             if stop:

@@ -282,7 +282,7 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     print(f"{os.path.basename(__file__)}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
-    config = vars(args) | {"framework": "torch"}
+    config = vars(args) | {"framework": "torch", "algo": "ppo"}
     if args.track:
         import wandb
 
@@ -291,7 +291,7 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=config | {"algo": "ppo"},
+            config=config,
             name=run_name,
             group=f"ppo__{args.env_id}",
             monitor_gym=True,

@@ -520,6 +520,7 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     print(f"{script}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
+    config = vars(args) | {"framework": "torch", "algo": "qrdqn_actor_learner"}
     if args.track:
         import wandb
 
@@ -528,18 +529,14 @@ if __name__ == "__main__":
             project=args.wandb_project_name,
             entity=args.wandb_entity,
             sync_tensorboard=True,
-            config=vars(args) | {"framework": "torch", "algo": "qrdqn_actor_learner"},
+            config=config,
             name=run_name,
             group=f"qrdqn_actor_learner__{args.env_id}",
             monitor_gym=True,
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n%s"
-        % ("\n".join([f"|{key}|{value}|" for key, value in (vars(args) | {"framework": "torch"}).items()])),
-    )
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
 
     q_network = QNetwork(obs_dim, n_actions, args.n_quantiles).to(device)
     optimizer = make_optimizer(q_network, args)
@@ -646,9 +643,18 @@ if __name__ == "__main__":
         save_file({k: v.detach().cpu().contiguous() for k, v in q_network.state_dict().items()}, model_path)
         print(f"model saved to {model_path}")
         episodic_returns = evaluate(
-            model_path, make_env, args.env_id, args.eval_episodes, f"{run_name}-eval", QNetwork, device, args.capture_video,
-            args.seed, epsilon=args.end_e, n_quantiles=args.n_quantiles,
-        )  # fmt: skip
+            model_path,
+            make_env,
+            args.env_id,
+            args.eval_episodes,
+            f"{run_name}-eval",
+            QNetwork,
+            device,
+            args.capture_video,
+            args.seed,
+            epsilon=args.end_e,
+            n_quantiles=args.n_quantiles,
+        )
         for idx, episodic_return in enumerate(episodic_returns):
             writer.add_scalar("eval/episodic_return", episodic_return, idx)
 
