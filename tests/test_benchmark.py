@@ -479,6 +479,13 @@ def test_microbench_allo_times_its_update_and_the_matmul_under_it(tmp_path, monk
     assert "4096 rows (4 x batch_size)" in (tmp_path / "allo.md").read_text()
 
 
+def test_microbench_dqn_atari_times_the_greedy_action_forward_and_gradient_step(tmp_path, monkeypatch):
+    results = run_microbench("dqn_atari", 2, tmp_path, monkeypatch)
+    cases = ["greedy action (1 observation)", "Q-network forward (batch)", "gradient step (TD target, loss, backward, Adam)"]
+    assert list(results) == cases and all(v[0] > 0 for c in cases for v in results[c].values())
+    assert "QNetwork(4) (Nature CNN, uint8 frames), batch 32, Adam" in (tmp_path / "dqn_atari.md").read_text()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the OpenBLAS preload is Linux's")
 def test_microbench_leaves_each_framework_its_own_blas():
     """In the micro-benchmark's process torch's sgemm_ must stay torch's (MKL) and mlx's cblas_sgemm the system

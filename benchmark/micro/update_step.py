@@ -252,7 +252,62 @@ def allo_cases(m, t) -> tuple[dict, str]:
     return {case: {v: variants[v][case] for v in VARIANTS} for case in torch_cases}, what
 
 
-ADAPTERS = {"ppo": ppo_cases, "allo": allo_cases}
+def dqn_atari_cases(m, t) -> tuple[dict, str]:
+    """dqn_atari: the Nature-CNN QNetwork and train_step of dqn_atari_mlx.py / dqn_atari_torch.py (Breakout's 4
+    actions) on one replay batch of the default Args, and the greedy action on one observation."""
+    import mlx.core as mx
+    import torch
+
+    args, n_actions = m.Args(), 4
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(2, args.batch_size, 4, 84, 84), dtype=np.uint8)  # obs and next_obs
+    actions = rng.integers(0, n_actions, size=args.batch_size).astype(np.int32)
+    rewards, dones = rng.normal(size=args.batch_size).astype(np.float32), np.zeros(args.batch_size, dtype=np.float32)
+    batch = (frames[0], actions, rewards, frames[1], dones)
+    what = f"dqn_atari: QNetwork({n_actions}) (Nature CNN, uint8 frames), batch {args.batch_size}, Adam"
+
+    def mlx_variant(compiled: bool) -> dict:
+        q_network, target_network = m.QNetwork(n_actions), m.QNetwork(n_actions)
+        target_network.update(q_network.parameters())
+        optimizer = m.make_optimizer(q_network, args)
+        state = [q_network.state, target_network.state, optimizer.state]
+        mx.eval(state)
+        comp = (lambda f, **kw: mx.compile(f, **kw)) if compiled else (lambda f, **kw: f)
+        greedy = comp(lambda x: mx.argmax(q_network(x), axis=1), inputs=[q_network.state])
+        forward = comp(q_network, inputs=[q_network.state])
+        train = comp(partial(m.train_step, q_network, target_network, optimizer, gamma=args.gamma), inputs=state, outputs=state)
+        one, obs, data = mx.array(frames[0, :1]), mx.array(frames[0]), [mx.array(x) for x in batch]
+        return {
+            "greedy action (1 observation)": lambda: mx.eval(greedy(one)),
+            "Q-network forward (batch)": lambda: mx.eval(forward(obs)),
+            "gradient step (TD target, loss, backward, Adam)": lambda: mx.eval(train(*data), state),
+        }
+
+    torch.set_num_threads(1)
+    q_network, target_network = t.QNetwork(n_actions), t.QNetwork(n_actions)
+    target_network.load_state_dict(q_network.state_dict())
+    optimizer = t.make_optimizer(q_network, args)
+    one, obs, data = torch.as_tensor(frames[0, :1]), torch.as_tensor(frames[0]), [torch.as_tensor(x) for x in batch]
+
+    def no_grad(fn):
+        def call():
+            with torch.no_grad():
+                return fn()
+
+        return call
+
+    torch_cases = {
+        "greedy action (1 observation)": no_grad(lambda: torch.argmax(q_network(one), dim=1)),
+        "Q-network forward (batch)": no_grad(lambda: q_network(obs)),
+        "gradient step (TD target, loss, backward, Adam)": lambda: t.train_step(
+            q_network, target_network, optimizer, *data, gamma=args.gamma
+        ),
+    }
+    variants = {"mlx eager": mlx_variant(False), "mlx compiled": mlx_variant(True), "torch": torch_cases}
+    return {case: {v: variants[v][case] for v in VARIANTS} for case in torch_cases}, what
+
+
+ADAPTERS = {"ppo": ppo_cases, "allo": allo_cases, "dqn_atari": dqn_atari_cases}
 
 
 def measure(cases: dict, repeats: int, warmup: int) -> dict:
