@@ -97,9 +97,9 @@ def test_a_returns_only_folder_gives_returns_but_no_sps(tmp_path):
 
 def test_headline_takes_the_speed_of_a_returns_only_row_from_a_quiet_run_on_the_same_machine(tmp_path):
     """The README's return comes from the largest run; when that folder shared the machine (no SPS), the MLX/torch
-    ratio comes from the largest quiet run of the pair on the same CPU, cores and kernel, with a link to it, or is
-    blank: never a ratio measured on another machine."""
-    here, elsewhere = {"cpu": "C", "cores": 2, "os": "k1"}, {"cpu": "C", "cores": 2, "os": "k0"}
+    ratio comes from the largest quiet run of the pair on the same CPU, cores and kernel, with a link to it; only
+    where that machine has none, from another machine's, which the cell names; with no quiet run at all, blank."""
+    here, elsewhere = {"cpu": "C", "cores": 2, "os": "k1"}, {"cpu": "D", "simd": "AVX-512", "cores": 2, "os": "k0"}
     rows = []
     for folder, steps, machine, ratio in (
         ("long", 500, here | {"returns_only": True}, ""),
@@ -114,10 +114,13 @@ def test_headline_takes_the_speed_of_a_returns_only_row_from_a_quiet_run_on_the_
             )
     (row,) = [line for line in docs.readme_block(rows, ["x"], tmp_path).splitlines() if line.startswith("| [x]")]
     assert "| 500 | 490.0 | 490.0 |" in row and "| 1.80 ([E, 100 steps](" in row and "quiet/results.md)) |" in row
-    assert "2.40" not in row
+    assert "2.40" not in row and "another machine" not in row
     without_quiet = [r for r in rows if r["folder"].name != "quiet"]
     (row,) = [line for line in docs.readme_block(without_quiet, ["x"], tmp_path).splitlines() if line.startswith("| [x]")]
-    assert "| – |" in row and "2.40" not in row
+    assert "| 2.40 ([E, 300 steps](" in row and "old/results.md), on another machine: D (AVX-512)) |" in row
+    only_shared = [r for r in rows if r["folder"].name == "long"]
+    (row,) = [line for line in docs.readme_block(only_shared, ["x"], tmp_path).splitlines() if line.startswith("| [x]")]
+    assert "| 500 | 490.0 | 490.0 | – | – |" in row
 
 
 def test_headline_takes_no_speed_from_a_sweep_whose_runs_overlapped(tmp_path):
