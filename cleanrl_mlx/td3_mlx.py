@@ -409,6 +409,15 @@ if __name__ == "__main__":
     arrays, resumed = load_checkpoint(args.resume, script, args) if args.resume else ({}, {})
     start_step = resumed.get("global_step", 0)
     run_name = resumed.get("run_name", f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    mx.random.seed(args.seed)
+    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
+    device = mx.gpu if args.device == "gpu" else mx.cpu
+    mx.set_default_device(device)
+    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
+
     config = vars(args) | {"framework": "mlx", "algo": "td3", "blas": BLAS}
     if args.track:
         import wandb
@@ -430,15 +439,6 @@ if __name__ == "__main__":
         )
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    mx.random.seed(args.seed)
-    args.device = "gpu" if args.device == "gpu" and mx.is_available(mx.gpu) else "cpu"  # cpu where MLX has no GPU
-    device = mx.gpu if args.device == "gpu" else mx.cpu
-    mx.set_default_device(device)
-    print(f"{script}: mlx {mx.__version__}, device {args.device}, BLAS {BLAS}")
 
     # env setup
     envs = gym.vector.SyncVectorEnv(

@@ -417,6 +417,14 @@ if __name__ == "__main__":
     arrays, resumed = load_checkpoint(args.resume, script, args) if args.resume else ({}, {})
     start_step = resumed.get("global_step", 0)
     run_name = resumed.get("run_name", f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    print(f"{script}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+
     config = vars(args) | {"framework": "torch", "algo": "sac"}
     if args.track:
         import wandb
@@ -436,14 +444,6 @@ if __name__ == "__main__":
         )
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if args.resume else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in config.items()))
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    print(f"{script}: torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
 
     # env setup
     envs = gym.vector.SyncVectorEnv(

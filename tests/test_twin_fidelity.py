@@ -265,6 +265,8 @@ def test_logging_setup_evaluate_call_and_checkpoint_record_are_written_one_way(n
     assert "fmt: skip" not in text and "fmt: off" not in text, f"{name}_{framework}: ruff formats the scripts"
     nodes = list(ast.walk(ast.parse(text)))
     (config,) = [n.value for n in nodes if isinstance(n, ast.Assign) and ast.unparse(n.targets) == "config"]
+    resolved = [n.lineno for n in nodes if isinstance(n, ast.Assign) and ast.unparse(n.targets) in ("device", "args.device")]
+    assert resolved and max(resolved) < config.lineno, "config is built before the device is resolved: it would log the wrong one"
     assert ast.unparse(config).startswith(f"vars(args) | {{'framework': '{framework}', 'algo': '{name}'"), ast.unparse(config)
     (init,) = [n for n in nodes if isinstance(n, ast.Call) and ast.unparse(n.func) == "wandb.init"]
     keywords = [k for k in WANDB_KEYWORDS if name not in NO_ENV_LOOP or k != "monitor_gym"]  # allo records no video
