@@ -265,8 +265,13 @@ def test_logging_setup_evaluate_call_and_checkpoint_record_are_written_one_way(n
     text = source(name, framework)
     assert "fmt: skip" not in text and "fmt: off" not in text, f"{name}_{framework}: ruff formats the scripts"
     nodes = list(ast.walk(ast.parse(text)))
-    (config,) = [n.value for n in nodes if isinstance(n, ast.Assign) and ast.unparse(n.targets) == "config"]
-    resolved = [n.lineno for n in nodes if isinstance(n, ast.Assign) and ast.unparse(n.targets) in ("device", "args.device")]
+    assigned = {
+        n: ast.unparse(n.targets[0] if isinstance(n, ast.Assign) else n.target)
+        for n in nodes
+        if isinstance(n, (ast.Assign, ast.AugAssign))
+    }
+    (config,) = [n.value for n, target in assigned.items() if target == "config"]
+    resolved = [n.lineno for n, target in assigned.items() if target in ("device", "args.device")]
     assert resolved and max(resolved) < config.lineno, "config is built before the device is resolved: it would log the wrong one"
     assert ast.unparse(config).startswith(f"vars(args) | {{'framework': '{framework}', 'algo': '{name}'"), ast.unparse(config)
     (init,) = [n for n in nodes if isinstance(n, ast.Call) and ast.unparse(n.func) == "wandb.init"]
@@ -275,12 +280,9 @@ def test_logging_setup_evaluate_call_and_checkpoint_record_are_written_one_way(n
     assert ast.unparse(init.keywords[3].value) == "config" and ast.unparse(init.keywords[4].value) == "run_name"
     (hyperparameters,) = [n for n in nodes if isinstance(n, ast.Call) and ast.unparse(n.func) == "writer.add_text"]
     assert ast.unparse(hyperparameters) == HYPERPARAMETERS
-    for call in [n for n in nodes if isinstance(n, ast.Call) and ast.unparse(n.func) == "evaluate" and name not in NO_ENV_LOOP]:
+    evaluate_calls = [n for n in nodes if isinstance(n, ast.Call) and ast.unparse(n.func) == "evaluate"]
+    for call in evaluate_calls if name not in NO_ENV_LOOP else []:  # allo's evaluate has no env
         assert [ast.unparse(a) for a in call.args[:5]] == EVALUATE_CALL
         assert [ast.unparse(a) for a in call.args[6:]] == ["device", "args.capture_video", "args.seed"]
-    meta = [
-        n
-        for n in nodes
-        if isinstance(n, (ast.Assign, ast.AugAssign)) and ast.unparse(getattr(n, "target", None) or n.targets[0]) == "meta"
-    ]
-    assert [[ast.literal_eval(k) for k in n.value.keys] for n in meta] == (META_KEYS if resumable(name) else [])
+    meta = [[ast.literal_eval(k) for k in n.value.keys] for n, target in assigned.items() if target == "meta"]
+    assert meta == (META_KEYS if resumable(name) else [])

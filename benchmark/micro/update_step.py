@@ -289,16 +289,9 @@ def dqn_atari_cases(m, t) -> tuple[dict, str]:
     optimizer = t.make_optimizer(q_network, args)
     one, obs, data = torch.as_tensor(frames[0, :1]), torch.as_tensor(frames[0]), [torch.as_tensor(x) for x in batch]
 
-    def no_grad(fn):
-        def call():
-            with torch.no_grad():
-                return fn()
-
-        return call
-
     torch_cases = {
-        "greedy action (1 observation)": no_grad(lambda: torch.argmax(q_network(one), dim=1)),
-        "Q-network forward (batch)": no_grad(lambda: q_network(obs)),
+        "greedy action (1 observation)": torch.no_grad()(lambda: torch.argmax(q_network(one), dim=1)),
+        "Q-network forward (batch)": torch.no_grad()(lambda: q_network(obs)),
         "gradient step (TD target, loss, backward, Adam)": lambda: t.train_step(
             q_network, target_network, optimizer, *data, gamma=args.gamma
         ),
