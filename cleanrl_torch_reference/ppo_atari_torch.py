@@ -393,9 +393,9 @@ def sha256(path):
 
 
 def load_checkpoint(path, script, args):
-    """(arrays, state) of the checkpoint at `path` (a checkpoint folder, or a run folder: its newest checkpoint), with
-    python's and numpy's RNG restored; one line and exit for a missing path, no checkpoint, another algorithm, env id
-    or num_envs, a checksum mismatch, or a budget already reached."""
+    """(arrays, state) of the checkpoint at `path` (a checkpoint folder, or a run folder: its newest checkpoint); one line
+    and exit for a missing path, no checkpoint, another algorithm, env id or num_envs, a checksum mismatch, or a budget
+    already reached. Python's and numpy's RNG are restored later, by restore_rng, once the run is seeded."""
 
     def fail(why):
         raise SystemExit(f"{script}: --resume {path}: {why}")
