@@ -1,12 +1,14 @@
 """How long each script is, next to its CleanRL counterpart and its twin: the numbers issue 14 asks for.
 
-    python -m benchmark.lines           a markdown table: lines, CleanRL's lines, the target, the pair's diff size
+    python -m benchmark.lines           a markdown table: lines, CleanRL's lines, the target, the pair's diff size,
+                                        then where each MLX script's lines go beyond what CleanRL's file carries
 
 Target: 1.3x CleanRL's counterpart, 1.45x for a script that carries checkpoint/resume (an Args field `resume`).
 Diff size: the lines `diff` prints for the pair (both sides, blank lines not counted); tests/test_twin_fidelity.py
 keeps it from growing.
 """
 
+import ast
 import difflib
 
 from benchmark.pairs import REPO, discover, script_path
@@ -42,6 +44,43 @@ def resumable(name: str) -> bool:
     return "\n    resume: Optional[str]" in script_path(name, "mlx").read_text()
 
 
+# Top-level definitions CleanRL's file does not carry: what it imports (SB3's Atari wrappers and replay buffer,
+# cleanrl_utils' evaluate) or has no counterpart of (input checks, checkpoint/resume); the MLX-only code is found by
+# comparing with the torch twin.
+BEYOND_CLEANRL = {
+    "input checks": lambda name: name == "check_args",
+    "checkpoint/resume": lambda name: (
+        name in ("save_checkpoint", "sha256", "load_checkpoint", "restore_rng", "checkpoint_arrays", "restore_arrays")
+    ),
+    "evaluate": lambda name: name == "evaluate",
+    "SB3's wrappers/buffer": lambda name: name.endswith(("ResetEnv", "SkipEnv", "LifeEnv", "ReplayBuffer")),
+}
+
+
+def definitions(name: str, framework: str) -> dict[str, int]:
+    """Each top-level function or class: its lines from the first decorator to the end, plus ruff's two blank lines."""
+    nodes = ast.parse(script_path(name, framework).read_text()).body
+    defs = [n for n in nodes if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    return {n.name: n.end_lineno - min([n.lineno] + [d.lineno for d in n.decorator_list]) + 3 for n in defs}
+
+
+def where_lines_go(names=None) -> str:
+    """Per pair with a CleanRL counterpart: the MLX script's lines in each BEYOND_CLEANRL group and in the
+    definitions its torch twin lacks (MLX-only code), and what is left, against CleanRL's lines."""
+    lines = [
+        "| pair | MLX lines | " + " | ".join(BEYOND_CLEANRL) + " | MLX-only code | the rest | the rest / CleanRL |",
+        "|---|---|" + "---|" * (len(BEYOND_CLEANRL) + 3),
+    ]
+    for name in [n for n in names or discover() if n in CLEANRL_LINES]:
+        defs, twin = definitions(name, "mlx"), definitions(name, "torch")
+        total = len(script_path(name, "mlx").read_text().splitlines())
+        groups = [sum(n for d, n in defs.items() if is_in(d)) for is_in in BEYOND_CLEANRL.values()]
+        groups.append(sum(n for d, n in defs.items() if d not in twin))
+        rest = total - sum(groups)
+        lines.append(f"| {name} | {total} | {' | '.join(map(str, groups))} | {rest} | {rest / CLEANRL_LINES[name][1]:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def table(names=None) -> str:
     lines = [
         "| pair | MLX lines | torch lines | CleanRL's counterpart | target | MLX / CleanRL | diff lines |",
@@ -61,3 +100,4 @@ def table(names=None) -> str:
 
 if __name__ == "__main__":
     print(table())
+    print(where_lines_go())

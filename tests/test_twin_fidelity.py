@@ -23,7 +23,7 @@ import tokenize
 
 import pytest
 
-from benchmark.lines import CLEANRL_LINES, diff_lines, resumable, table
+from benchmark.lines import CLEANRL_LINES, diff_lines, resumable, table, where_lines_go
 from benchmark.pairs import discover, script_path
 
 PAIRS = discover()
@@ -229,6 +229,19 @@ def test_the_lines_table_names_every_pair_its_counterpart_and_its_target():
     assert rows["td3"].startswith("| td3 | ") and "| td3_continuous_action.py (317) | 459 (1.45x) | " in rows["td3"]
     assert "| dqn.py (248) | 322 (1.3x) | " in rows["dqn"] and "| – | – | – |" in rows["a2c"]
     assert {CLEANRL_LINES[n][1] for n in ("ppo", "ppo_continuous_action", "ppo_atari")} == {312, 353, 329}
+
+
+def test_where_the_lines_go_adds_up_and_finds_each_group():
+    """The breakdown behind the length target: per pair with a counterpart, the groups and the rest add up to the
+    script's lines; checkpoint/resume is found in exactly the resumable scripts, SB3's Atari wrappers wherever make_env
+    writes them out, the rational tanh only where the torch twin has no counterpart of it."""
+    rows = [line.split(" | ") for line in where_lines_go().splitlines()[2:]]
+    assert sorted(r[0][2:] for r in rows) == sorted(CLEANRL_LINES)
+    for name, total, checks, ckpt, evaluate, sb3, mlx_only, rest, _ in ((r[0][2:], *map(int, r[1:8]), r[8]) for r in rows):
+        assert checks + ckpt + evaluate + sb3 + mlx_only + rest == total == len(source(name, "mlx").splitlines()), name
+        assert (ckpt > 0) == resumable(name) and checks > 0 and evaluate > 0, name
+        assert (sb3 > 0) == ("class EpisodicLifeEnv" in source(name, "mlx") or "class ReplayBuffer" in source(name, "mlx")), name
+        assert (mlx_only > 0) == (name not in ("ddpg", "sac", "td3")), name
 
 
 @pytest.mark.parametrize("name", PAIRS)
