@@ -65,19 +65,25 @@ def definitions(name: str, framework: str) -> dict[str, int]:
 
 
 def where_lines_go(names=None) -> str:
-    """Per pair with a CleanRL counterpart: the MLX script's lines in each BEYOND_CLEANRL group and in the
-    definitions its torch twin lacks (MLX-only code), and what is left, against CleanRL's lines."""
+    """Per pair with a CleanRL counterpart: the MLX script's lines in each BEYOND_CLEANRL group, then in the other
+    definitions its torch twin lacks (MLX-only code), and what is left, against CleanRL's lines. Each definition
+    counts once, in the first group that takes it."""
+    columns = [*BEYOND_CLEANRL, "MLX-only code"]
     lines = [
-        "| pair | MLX lines | " + " | ".join(BEYOND_CLEANRL) + " | MLX-only code | the rest | the rest / CleanRL |",
-        "|---|---|" + "---|" * (len(BEYOND_CLEANRL) + 3),
+        "| pair | MLX lines | " + " | ".join(columns) + " | the rest | the rest / CleanRL |",
+        "|---|---|" + "---|" * (len(columns) + 2),
     ]
     for name in [n for n in names or discover() if n in CLEANRL_LINES]:
         defs, twin = definitions(name, "mlx"), definitions(name, "torch")
+        groups = dict.fromkeys(columns, 0)
+        for d, n in defs.items():
+            group = next((g for g, is_in in BEYOND_CLEANRL.items() if is_in(d)), "MLX-only code" if d not in twin else "")
+            if group:  # "": a definition both twins have, counted in the rest
+                groups[group] += n
         total = len(script_path(name, "mlx").read_text().splitlines())
-        groups = [sum(n for d, n in defs.items() if is_in(d)) for is_in in BEYOND_CLEANRL.values()]
-        groups.append(sum(n for d, n in defs.items() if d not in twin))
-        rest = total - sum(groups)
-        lines.append(f"| {name} | {total} | {' | '.join(map(str, groups))} | {rest} | {rest / CLEANRL_LINES[name][1]:.2f}x |")
+        rest = total - sum(groups.values())
+        cells = " | ".join(str(groups[c]) for c in columns)
+        lines.append(f"| {name} | {total} | {cells} | {rest} | {rest / CLEANRL_LINES[name][1]:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

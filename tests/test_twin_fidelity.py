@@ -233,8 +233,8 @@ def test_the_lines_table_names_every_pair_its_counterpart_and_its_target():
 
 def test_where_the_lines_go_adds_up_and_finds_each_group():
     """The breakdown behind the length target: per pair with a counterpart, the groups and the rest add up to the
-    script's lines; checkpoint/resume is found in exactly the resumable scripts, SB3's Atari wrappers wherever make_env
-    writes them out, the rational tanh only where the torch twin has no counterpart of it."""
+    script's lines; checkpoint/resume is found in exactly the resumable scripts, SB3's Atari wrappers or replay buffer
+    wherever the script writes them out, MLX-only code in every script but ddpg, sac and td3 (which have none)."""
     rows = [line.split(" | ") for line in where_lines_go().splitlines()[2:]]
     assert sorted(r[0][2:] for r in rows) == sorted(CLEANRL_LINES)
     for name, total, checks, ckpt, evaluate, sb3, mlx_only, rest, _ in ((r[0][2:], *map(int, r[1:8]), r[8]) for r in rows):
